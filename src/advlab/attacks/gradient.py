@@ -1,0 +1,223 @@
+"""Gradient attacks bounded by eps: FGSM and PGD in L-inf, L2 and L1.
+
+References:
+    Goodfellow, Shlens & Szegedy 2015, "Explaining and Harnessing Adversarial Examples" (FGSM).
+    Kurakin, Goodfellow & Bengio 2017, "Adversarial Examples in the Physical World" (BIM).
+    Madry et al. 2018, "Towards Deep Learning Models Resistant to Adversarial Attacks" (PGD).
+    Tramer & Boneh 2019, "Adversarial Training and Robustness for Multiple Perturbations"
+    (sparse L1 steepest descent, SLIDE).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from advlab.attacks.base import (
+    LOSSES,
+    attack_loss,
+    check_count,
+    check_positive,
+    finalize,
+    margin,
+    prepare,
+    register_attack,
+)
+from advlab.errors import ConfigError
+from advlab.results import AttackResult
+from advlab.threat import ThreatModel
+
+
+def _bcast(v: Tensor, like: Tensor) -> Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def steepest_step(g: Tensor, x: Tensor, threat: ThreatModel, l1_sparsity: float) -> Tensor:
+    """Unit-size steepest-ascent direction for ``g`` in the threat model's norm.
+
+    * ``linf``: ``sign(g)``;
+    * ``l2``: ``g / ||g||_2``;
+    * ``l1``: sign of ``g`` on the top ``(1 - l1_sparsity)`` fraction of coordinates by ``|g|``,
+      ignoring coordinates already at the box edge in the direction of ascent, scaled to L1
+      norm 1 (Tramer & Boneh 2019).
+
+    Shape: ``g, x: (B, *)`` -> ``(B, *)``.
+    """
+    if threat.norm == "linf":
+        return g.sign()
+    if threat.norm == "l2":
+        n = g.reshape(g.shape[0], -1).norm(dim=1).clamp(min=1e-12)
+        return g / _bcast(n, g)
+    # l1: sparse steepest descent
+    flat_g = g.reshape(g.shape[0], -1)
+    flat_x = x.reshape(x.shape[0], -1)
+    blocked = ((flat_x >= threat.upper) & (flat_g > 0)) | ((flat_x <= threat.lower) & (flat_g < 0))
+    score = flat_g.abs().masked_fill(blocked, -1.0)
+    k = max(1, int(round((1.0 - l1_sparsity) * flat_g.shape[1])))
+    top = score.topk(k, dim=1)
+    d = torch.zeros_like(flat_g)
+    d.scatter_(1, top.indices, flat_g.gather(1, top.indices).sign() * (top.values > 0))
+    n = d.abs().sum(dim=1, keepdim=True).clamp(min=1.0)
+    return (d / n).view_as(g)
+
+
+def _check_common(loss: str, l1_sparsity: float, threat: ThreatModel) -> None:
+    if loss not in LOSSES:
+        raise ConfigError(f"unknown loss {loss!r}; use one of {', '.join(LOSSES)}")
+    if not 0.0 <= l1_sparsity < 1.0:
+        raise ConfigError(f"l1_sparsity must be in [0, 1), got {l1_sparsity!r}")
+    if not threat.bounded:
+        raise ConfigError(f"{threat.norm} gradient attacks need a finite eps, got eps=inf")
+
+
+@register_attack("fgsm", norms=("linf", "l2", "l1"))
+def fgsm(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    *,
+    target: Tensor | None = None,
+    loss: str = "ce",
+    l1_sparsity: float = 0.95,
+    generator: torch.Generator | None = None,
+) -> AttackResult:
+    """Fast gradient (sign) method: one steepest-ascent step of size eps (Goodfellow et al. 2015).
+
+    In L-inf this is FGSM, ``x + eps * sign(grad)``; in L2 and L1 it is the fast gradient
+    method with the norm's steepest direction (see :func:`steepest_step`).
+
+    Args:
+        model: classifier returning logits; used as is (its train/eval mode is not changed).
+        x: ``(B, *)`` inputs inside ``[threat.lower, threat.upper]``.
+        y: ``(B,)`` true labels.
+        threat: the threat model (norm and eps).
+        target: ``(B,)`` target classes for a targeted attack (step down the target's loss).
+        loss: ``"ce"`` (cross-entropy) or ``"margin"`` (C&W logit margin).
+        l1_sparsity: for L1, the fraction of coordinates left out of the step.
+        generator: unused (FGSM is deterministic); accepted for a uniform signature.
+
+    Returns:
+        AttackResult with one query per sample.
+
+    Example:
+        >>> res = fgsm(model, x, y, ThreatModel("linf", 0.1))
+        >>> res.robust_accuracy
+    """
+    prepare(x, y, threat, target)
+    _check_common(loss, l1_sparsity, threat)
+    params = {"loss": loss, "l1_sparsity": l1_sparsity}
+    queries = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    if threat.eps == 0:
+        return finalize(model, x, y, x, threat, attack="fgsm", params=params, queries=queries, target=target)
+    x0 = x.detach().clone().requires_grad_(True)
+    obj = attack_loss(model(x0), y, target, loss).sum()
+    (g,) = torch.autograd.grad(obj, x0)
+    x_adv = x + threat.eps * steepest_step(g, x, threat, l1_sparsity)
+    return finalize(model, x, y, x_adv, threat, attack="fgsm", params=params, queries=queries + 1, target=target)
+
+
+@register_attack("pgd", norms=("linf", "l2", "l1"))
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    *,
+    steps: int = 40,
+    step_size: float | None = None,
+    restarts: int = 1,
+    random_start: bool = True,
+    target: Tensor | None = None,
+    loss: str = "ce",
+    early_stop: bool = True,
+    l1_sparsity: float = 0.95,
+    generator: torch.Generator | None = None,
+) -> AttackResult:
+    """Projected gradient descent in L-inf, L2 or L1 (Madry et al. 2018).
+
+    Each step moves by ``step_size`` along the steepest-ascent direction of the loss in the
+    threat model's norm and projects back onto the ball and the box. Every iterate's logits
+    (computed anyway for the gradient) score it by the C&W margin, and the best iterate per
+    sample over all steps and restarts is returned, so an attack never loses a success it found.
+    With ``random_start=False`` and ``restarts=1`` this is BIM / iterative FGSM (Kurakin et al.).
+
+    Args:
+        model: classifier returning logits; used as is (its train/eval mode is not changed).
+        x: ``(B, *)`` inputs inside the box.
+        y: ``(B,)`` true labels.
+        threat: the threat model (finite eps).
+        steps: gradient steps per restart.
+        step_size: absolute step length in the threat norm; default ``2.5 * eps / steps``.
+        restarts: independent runs; restarts after the first begin at random points.
+        random_start: begin the first run at a random point of the threat set.
+        target: ``(B,)`` target classes for a targeted attack.
+        loss: ``"ce"`` (cross-entropy) or ``"margin"`` (C&W logit margin).
+        early_stop: stop working on a sample once it is misclassified (or hits its target).
+            Robust accuracy is unchanged; it saves time on weak models.
+        l1_sparsity: for L1, the fraction of coordinates left out of each step.
+        generator: random source for the starts; same generator state, same output.
+
+    Shape:
+        x: ``(B, C, H, W)`` or any ``(B, *)``; outputs match.
+
+    Returns:
+        AttackResult; ``queries`` counts forward(+backward) passes per sample.
+
+    Example:
+        >>> res = pgd(model, x, y, ThreatModel("linf", 0.3), steps=40, step_size=0.01)
+        >>> res.robust_accuracy
+    """
+    prepare(x, y, threat, target)
+    _check_common(loss, l1_sparsity, threat)
+    check_count(steps=steps, restarts=restarts)
+    if step_size is None:
+        step_size = 2.5 * threat.eps / steps
+    params = {
+        "steps": steps, "step_size": step_size, "restarts": restarts,
+        "random_start": random_start, "loss": loss, "early_stop": early_stop,
+        "l1_sparsity": l1_sparsity,
+    }  # fmt: skip
+    b = x.shape[0]
+    queries = torch.zeros(b, dtype=torch.long, device=x.device)
+    if threat.eps == 0:
+        return finalize(model, x, y, x, threat, attack="pgd", params=params, queries=queries, target=target)
+    check_positive(step_size=step_size)
+    if not math.isfinite(step_size):
+        raise ConfigError(f"step_size must be finite, got {step_size!r}")
+    x = x.detach()
+    best = x.clone()
+    best_score = torch.full((b,), float("-inf"), device=x.device, dtype=x.dtype)
+    for r in range(restarts):
+        idx = torch.arange(b, device=x.device)
+        if early_stop:
+            idx = idx[best_score <= 0]
+        if idx.numel() == 0:
+            break
+        xs, ys = x[idx], y[idx]
+        ts = target[idx] if target is not None else None
+        xr = threat.random_start(xs, generator=generator) if (random_start or r > 0) else xs.clone()
+        for t in range(steps + 1):
+            last = t == steps
+            xr.requires_grad_(not last)
+            with torch.set_grad_enabled(not last):
+                logits = model(xr)
+            queries[idx] += 1
+            score = margin(logits.detach(), ys, ts)
+            better = score > best_score[idx]
+            best_score[idx] = torch.where(better, score, best_score[idx])
+            best[idx] = torch.where(_bcast(better, xr), xr.detach(), best[idx])
+            if last:
+                break
+            (g,) = torch.autograd.grad(attack_loss(logits, ys, ts, loss).sum(), xr)
+            xr = threat.project(xr.detach() + step_size * steepest_step(g, xr, threat, l1_sparsity), xs)
+            if early_stop:
+                keep = score <= 0
+                if not bool(keep.all()):
+                    idx, xs, ys, xr = idx[keep], xs[keep], ys[keep], xr[keep]
+                    ts = ts[keep] if ts is not None else None
+                    if idx.numel() == 0:
+                        break
+    return finalize(model, x, y, best, threat, attack="pgd", params=params, queries=queries, target=target)

@@ -1,0 +1,64 @@
+"""Shared fixtures: small deterministic models and batches."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep every test's store and cache out of the user's home."""
+    root = tmp_path_factory.mktemp("advlab-home")
+    monkeypatch.setenv("ADVLAB_HOME", str(root / "home"))
+    monkeypatch.setenv("ADVLAB_CACHE", str(root / "cache"))
+
+
+def make_cnn(seed: int = 0, classes: int = 10) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    m = nn.Sequential(
+        nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 13 * 13, 32),
+        nn.ReLU(), nn.Linear(32, classes),
+    )  # fmt: skip
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (1.0 / max(1, p.shape[-1]) ** 0.5))
+    return m.eval()
+
+
+@pytest.fixture
+def cnn() -> nn.Module:
+    return make_cnn()
+
+
+@pytest.fixture
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(16, 1, 28, 28, generator=g)
+    y = torch.randint(0, 10, (16,), generator=g)
+    return x, y
+
+
+class LinearBinary(nn.Module):
+    """Logits ``[0, w.x + b]``: class 1 iff ``w.x + b > 0``. Minimal perturbations are closed-form:
+    L2: ``|f| / ||w||_2``, Linf: ``|f| / ||w||_1`` (while the box does not bind)."""
+
+    def __init__(self, w: torch.Tensor, b: float) -> None:
+        super().__init__()
+        self.w = nn.Parameter(w.flatten().clone())
+        self.b = nn.Parameter(torch.tensor(float(b)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = x.flatten(1) @ self.w + self.b
+        return torch.stack([torch.zeros_like(f), f], dim=1)
+
+
+@pytest.fixture
+def linear_binary() -> LinearBinary:
+    g = torch.Generator().manual_seed(3)
+    return LinearBinary(torch.randn(1 * 8 * 8, generator=g), 0.1).eval()
