@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from advlab.attacks.base import (
     LOSSES,
     attack_loss,
+    check_logits,
     check_count,
     check_positive,
     finalize,
@@ -113,7 +114,9 @@ def fgsm(
     if threat.eps == 0:
         return finalize(model, x, y, x, threat, attack="fgsm", params=params, queries=queries, target=target)
     x0 = x.detach().clone().requires_grad_(True)
-    obj = attack_loss(model(x0), y, target, loss).sum()
+    logits = model(x0)
+    check_logits(logits, x.shape[0], y)
+    obj = attack_loss(logits, y, target, loss).sum()
     (g,) = torch.autograd.grad(obj, x0)
     x_adv = x + threat.eps * steepest_step(g, x, threat, l1_sparsity)
     return finalize(model, x, y, x_adv, threat, attack="fgsm", params=params, queries=queries + 1, target=target)
@@ -204,6 +207,8 @@ def pgd(
             xr.requires_grad_(not last)
             with torch.set_grad_enabled(not last):
                 logits = model(xr)
+            if r == 0 and t == 0:
+                check_logits(logits, xr.shape[0], ys)
             queries[idx] += 1
             score = margin(logits.detach(), ys, ts)
             better = score > best_score[idx]
