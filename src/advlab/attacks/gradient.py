@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from advlab.attacks.base import (
     LOSSES,
     attack_loss,
-    check_logits,
     check_count,
+    check_logits,
     check_positive,
     finalize,
     margin,
