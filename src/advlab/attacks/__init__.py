@@ -1,16 +1,26 @@
 """Attacks. Importing this package registers every built-in attack in :data:`advlab.registry.ATTACKS`."""
 
 from advlab.attacks.base import AttackSpec, finalize, get_attack, margin, register_attack
+from advlab.attacks.bim import bim
+from advlab.attacks.deepfool import deepfool
 from advlab.attacks.gradient import fgsm, pgd
-from advlab.attacks.targets import select_targets
+from advlab.attacks.jsma import jsma
+from advlab.attacks.lbfgs import lbfgs
+from advlab.attacks.targets import all_other_targets, select_targets, targeted_cases
 
 __all__ = [
     "AttackSpec",
+    "all_other_targets",
+    "bim",
+    "deepfool",
     "fgsm",
     "finalize",
     "get_attack",
+    "jsma",
+    "lbfgs",
     "margin",
     "pgd",
     "register_attack",
     "select_targets",
+    "targeted_cases",
 ]
