@@ -1,0 +1,407 @@
+"""The HTML report: one self-contained file with the numbers, a plot and example images.
+
+The page is a list of *sections*. A section is a function ``section(evaluation, extra) -> str``
+returning an HTML fragment (``""`` to leave itself out); :data:`SECTIONS` holds the default ones
+(header, summary table, robust accuracy against eps, example images). Later capabilities add
+their own by passing ``sections=[*SECTIONS, my_section]`` to :func:`write_html_report`, reading
+what they need from ``extra``. A section builds its fragment with :func:`fragment`, which renders
+a Jinja2 template with autoescaping, so values are always escaped; plots go in as PNG data URIs
+made by :func:`png_data_uri`. Nothing in the page refers to the network.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from advlab.evaluate.engine import WORST_CASE, Evaluation
+from advlab.fileio import atomic_write_text
+from advlab.report.json_report import plain
+
+Section = Callable[[Evaluation, Mapping[str, Any]], str]
+"""``section(evaluation, extra) -> html``: one part of the report (``""`` to skip)."""
+
+
+# -- formatting ----------------------------------------------------------------------------------
+
+
+def fmt_pct(x: float | None, digits: int = 1) -> str:
+    """``0.4567 -> "45.7%"``; ``None``/NaN -> ``"–"``."""
+    if x is None or not math.isfinite(x):
+        return "–"
+    return f"{100 * x:.{digits}f}%"
+
+
+def fmt_num(x: float | int | None, digits: int = 4) -> str:
+    """A number in ``digits`` significant digits (integers as they are); ``None``/NaN -> ``"–"``."""
+    if x is None:
+        return "–"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if not math.isfinite(x):
+        return "–" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    return f"{x:.{digits}g}"
+
+
+def fmt_seconds(x: float | None) -> str:
+    """Seconds as ``"0.42 s"``, ``"3.1 min"`` or ``"1.2 h"``."""
+    if x is None or not math.isfinite(x):
+        return "–"
+    if x < 60:
+        return f"{x:.2f} s"
+    if x < 3600:
+        return f"{x / 60:.1f} min"
+    return f"{x / 3600:.1f} h"
+
+
+@functools.lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("advlab.report", "templates"),
+        autoescape=jinja2.select_autoescape(["html"], default_for_string=True),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(pct=fmt_pct, num=fmt_num, seconds=fmt_seconds)
+    return env
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(source: str) -> jinja2.Template:
+    return _env().from_string(source)
+
+
+def fragment(source: str, **context: Any) -> Markup:
+    """Render a Jinja2 template string with autoescaping (filters ``pct``, ``num``, ``seconds``).
+
+    Example:
+        >>> fragment("<p>{{ name }}: {{ acc | pct }}</p>", name="<pgd>", acc=0.5)
+        Markup('<p>&lt;pgd&gt;: 50.0%</p>')
+    """
+    return Markup(_compiled(source).render(**context))
+
+
+def png_data_uri(fig: Any, *, dpi: int = 110) -> str:
+    """A matplotlib figure as a ``data:image/png;base64,...`` URI (rendered with Agg)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)  # Agg directly: no pyplot, no global backend switch
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+# -- default sections -----------------------------------------------------------------------------
+
+_HEADER = """
+<header>
+<h1>{{ title }}</h1>
+<p class="lead">{{ model }} on {{ dataset }} ({{ n | num }} samples, {{ classes }} classes) under
+{{ norm }} perturbations, eps in [{{ eps_list }}].</p>
+<dl class="meta">
+  <dt>model</dt><dd><code>{{ model }}</code>{% if model_info %}<br><span class="note">{% for k, v in model_info.items() %}{{ k }}: {{ v }}{% if not loop.last %} · {% endif %}{% endfor %}</span>{% endif %}</dd>
+  <dt>dataset</dt><dd><code>{{ dataset }}</code>{% if data_info %}<br><span class="note">{% for k, v in data_info.items() %}{{ k }}: {{ v }}{% if not loop.last %} · {% endif %}{% endfor %}</span>{% endif %}</dd>
+  <dt>run</dt><dd>{% if run_id %}<code>{{ run_id }}</code>{% else %}not stored{% endif %}</dd>
+  <dt>date</dt><dd>{{ date }}</dd>
+  <dt>threat model</dt><dd>{{ norm }} ball of radius eps, inputs in [{{ lower }}, {{ upper }}]</dd>
+  <dt>attacks</dt><dd>{% for a in attacks %}<code>{{ a.name }}</code>{% if a.params %}
+      ({% for k, v in a.params.items() %}{{ k }}={{ v }}{% if not loop.last %}, {% endif %}{% endfor %}){% endif %}{% if not loop.last %}; {% endif %}{% endfor %}</dd>
+  <dt>seed</dt><dd>{{ seed }}</dd>
+  <dt>clean accuracy</dt><dd>{{ clean | pct }} <span class="ci">[{{ clean_lo | pct }}, {{ clean_hi | pct }}]</span></dd>
+  <dt>versions</dt><dd>{% for k, v in versions.items() %}{{ k }} {{ v }}{% if not loop.last %} · {% endif %}{% endfor %}</dd>
+</dl>
+<h3>Configuration</h3>
+<pre><code>{{ config }}</code></pre>
+</header>
+"""
+
+
+def _named(value: Any, default: str) -> tuple[str, dict[str, str]]:
+    """A display name and details from ``extra["model"]``-like values (a name or a dict)."""
+    if isinstance(value, Mapping):
+        details = {
+            str(k): v if isinstance(v, str) else json.dumps(plain(v), sort_keys=True)
+            for k, v in value.items()
+            if k != "name" and v is not None
+        }
+        return str(value.get("name") or default), details
+    return (str(value) if value else default), {}
+
+
+def header_section(ev: Evaluation, extra: Mapping[str, Any]) -> str:
+    """Title, model, dataset, run id, date, versions, seed and the full configuration."""
+    env = extra.get("environment")
+    if not isinstance(env, Mapping):
+        from advlab.store.sqlite import environment_info
+
+        env = environment_info(seed=int(ev.config.get("seed", 0)))
+    versions = {
+        k: env[k]
+        for k in ("advlab", "torch", "python", "numpy", "cuda", "git_revision", "platform")
+        if env.get(k) is not None
+    }
+    config = dict(ev.config)
+    if isinstance(extra.get("config"), Mapping):
+        config = {"evaluation": config, "run": extra["config"]}
+    model, model_info = _named(extra.get("model"), str(ev.config.get("model_class", "model")))
+    dataset, data_info = _named(extra.get("dataset"), ev.dataset)
+    return fragment(
+        _HEADER,
+        title=str(extra.get("title") or "Adversarial robustness report"),
+        model=model,
+        model_info=model_info,
+        dataset=dataset,
+        data_info=data_info,
+        n=ev.n,
+        classes=ev.num_classes,
+        norm=ev.norm,
+        eps_list=", ".join(fmt_num(e) for e in ev.eps_grid),
+        run_id=ev.run_id or extra.get("run_id"),
+        date=str(extra.get("date") or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+        lower=fmt_num(float(ev.config.get("lower", 0.0))),
+        upper=fmt_num(float(ev.config.get("upper", 1.0))),
+        attacks=[a.to_dict() for a in ev.attacks],
+        seed=ev.config.get("seed"),
+        clean=ev.clean_accuracy,
+        clean_lo=ev.clean_ci[0],
+        clean_hi=ev.clean_ci[1],
+        versions=versions,
+        config=json.dumps(plain(config), indent=2, sort_keys=True),
+    )
+
+
+_SUMMARY = """
+<section id="summary">
+<h2>Robust accuracy</h2>
+<p>Clean accuracy: <strong>{{ clean | pct }}</strong> <span class="ci">[{{ clean_lo | pct }}, {{ clean_hi | pct }}]</span>.
+A sample counts as robust when it is classified correctly both clean and under attack;
+<em>worst-case</em> counts it robust only if every attack failed on it. Intervals are Wilson 95%.
+Success rate is the fraction of correctly classified samples an attack flipped; the median
+{{ norm }} norm is taken over those.</p>
+<table>
+<thead><tr>
+  <th>attack</th><th class="num">eps</th><th class="num">robust accuracy</th><th class="num">95% CI</th>
+  <th class="num">success rate</th><th class="num">median norm</th><th class="num">queries</th>
+  <th class="num">wall time</th>
+</tr></thead>
+<tbody>
+{% for r in rows %}
+<tr class="{% if r.attack == worst %}worst{% endif %}{% if r.first %} group-start{% endif %}">
+  <td>{{ r.attack }}</td>
+  <td class="num">{{ r.eps | num }}</td>
+  <td class="num">{{ r.robust_accuracy | pct }}</td>
+  <td class="num ci">[{{ r.ci_low | pct }}, {{ r.ci_high | pct }}]</td>
+  <td class="num">{{ r.success_rate | pct }}</td>
+  <td class="num">{{ r.median_norm | num }}</td>
+  <td class="num">{{ r.queries | num }}</td>
+  <td class="num">{{ r.wall_time | seconds }}</td>
+</tr>
+{% endfor %}
+</tbody>
+</table>
+</section>
+"""
+
+
+def summary_section(ev: Evaluation, extra: Mapping[str, Any]) -> str:
+    """The table: attack, eps, robust accuracy with CI, success rate, median norm, cost."""
+    rows = []
+    last_eps = None
+    for r in ev.rows:
+        rows.append({**r, "first": r["eps"] != last_eps and last_eps is not None})
+        last_eps = r["eps"]
+    return fragment(
+        _SUMMARY,
+        rows=rows,
+        worst=WORST_CASE,
+        norm=ev.norm,
+        clean=ev.clean_accuracy,
+        clean_lo=ev.clean_ci[0],
+        clean_hi=ev.clean_ci[1],
+    )
+
+
+_CURVE = """
+<section id="curve">
+<h2>Robust accuracy against eps</h2>
+<img src="{{ uri }}" class="plot" alt="robust accuracy against {{ norm }} eps, one line per attack and the worst case, with 95% intervals">
+<p class="note">Shaded bands are Wilson 95% intervals; the dotted line is clean accuracy.</p>
+</section>
+"""
+
+
+def robustness_plot(ev: Evaluation) -> str:
+    """Robust accuracy against eps, one line per attack plus the worst case, as a data URI."""
+    fig = _figure(6.8, 4.2)
+    ax = fig.add_subplot()
+    names = ev.attack_names
+    colors = [f"C{i}" for i in range(len(names) - 1)] + ["black"]
+    for name, color in zip(names, colors, strict=True):
+        curve = ev.curve(name)
+        eps = [r["eps"] for r in curve]
+        acc = [r["robust_accuracy"] for r in curve]
+        worst = name == WORST_CASE
+        ax.fill_between(
+            eps, [r["ci_low"] for r in curve], [r["ci_high"] for r in curve],
+            color=color, alpha=0.12 if worst else 0.15, linewidth=0,
+        )  # fmt: skip
+        ax.plot(
+            eps, acc, marker="o", markersize=4, color=color, label=name,
+            linewidth=2.2 if worst else 1.5, linestyle="--" if worst else "-",
+            zorder=3 if worst else 2,
+        )  # fmt: skip
+    ax.axhline(ev.clean_accuracy, color="grey", linestyle=":", linewidth=1, label="clean")
+    ax.set_xlabel(f"eps ({ev.norm})")
+    ax.set_ylabel("robust accuracy")
+    ax.set_ylim(0.0, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize="small", frameon=False)
+    return png_data_uri(fig)
+
+
+def curve_section(ev: Evaluation, extra: Mapping[str, Any]) -> str:
+    """The robust-accuracy-against-eps plot."""
+    return fragment(_CURVE, uri=robustness_plot(ev), norm=ev.norm)
+
+
+_EXAMPLES = """
+<section id="examples">
+<h2>Adversarial examples</h2>
+{% if uri %}
+<img src="{{ uri }}" class="plot" alt="clean inputs, adversarial inputs and amplified perturbations">
+<p class="note">The first {{ k }} samples (by dataset index) that the worst case flips at
+eps = {{ eps | num }}: clean input with its label and prediction, the adversarial input with the
+prediction and the attack that produced it, and the perturbation, amplified per sample by the
+factor shown and centred at grey.</p>
+{% else %}
+<p class="note">{{ reason }}</p>
+{% endif %}
+</section>
+"""
+
+
+def _label(i: int, names: Sequence[str] | None) -> str:
+    return f"{names[i]}" if names is not None and 0 <= i < len(names) else str(i)
+
+
+def examples_plot(ev: Evaluation, class_names: Sequence[str] | None = None) -> str:
+    """Grid of clean / adversarial / perturbation images of :attr:`Evaluation.examples`."""
+    ex = ev.examples
+    if ex is None or len(ex) == 0:
+        raise ValueError("the evaluation holds no examples")
+    lo = float(ev.config.get("lower", 0.0))
+    hi = float(ev.config.get("upper", 1.0))
+    x, x_adv = ex.x.double(), ex.x_adv.double()
+    if x.dim() == 3:  # (K, H, W)
+        x, x_adv = x[:, None], x_adv[:, None]
+    k = len(ex)
+    fig = _figure(1.45 * k + 0.6, 4.9)
+    axes = fig.subplots(3, k, squeeze=False)
+
+    def image(t: Any) -> tuple[Any, str | None]:
+        a = t.permute(1, 2, 0).numpy() if t.shape[0] == 3 else t[0].numpy()
+        return a.clip(0.0, 1.0), (None if t.shape[0] == 3 else "gray")
+
+    for j in range(k):
+        delta = x_adv[j] - x[j]
+        amp = 0.5 / max(float(delta.abs().max()), 1e-12)
+        rows = (
+            ((x[j] - lo) / (hi - lo), f"{_label(int(ex.label[j]), class_names)} → "
+             f"{_label(int(ex.clean_pred[j]), class_names)}"),
+            ((x_adv[j] - lo) / (hi - lo), f"{_label(int(ex.adv_pred[j]), class_names)} "
+             f"({ex.attack[j]})"),
+            (0.5 + amp * delta, f"×{amp:.3g}"),
+        )  # fmt: skip
+        for i, (t, title) in enumerate(rows):
+            ax = axes[i][j]
+            arr, cmap = image(t)
+            ax.imshow(arr, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_title(title, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for i, name in enumerate(("clean\nlabel → pred", "adversarial\npred (attack)", "perturbation")):
+        axes[i][0].set_ylabel(name, fontsize=8)
+    return png_data_uri(fig)
+
+
+def examples_section(ev: Evaluation, extra: Mapping[str, Any]) -> str:
+    """The image grid: clean, adversarial and amplified perturbation, with labels and predictions."""
+    ex = ev.examples
+    if ex is None or len(ex) == 0:
+        reason = "No sample was flipped at the middle eps of the grid, so there is nothing to show."
+        return fragment(_EXAMPLES, uri=None, reason=reason, k=0, eps=0.0)
+    if ex.x.dim() not in (3, 4) or (ex.x.dim() == 4 and ex.x.shape[1] not in (1, 3)):
+        reason = (
+            f"The inputs have shape {tuple(ex.x.shape[1:])}, not images with 1 or 3 channels; "
+            "examples are listed in the JSON report."
+        )
+        return fragment(_EXAMPLES, uri=None, reason=reason, k=0, eps=ex.eps)
+    names = extra.get("class_names")
+    names = [str(c) for c in names] if isinstance(names, Sequence) else None
+    return fragment(_EXAMPLES, uri=examples_plot(ev, names), reason="", k=len(ex), eps=ex.eps)
+
+
+#: The default sections, in page order.
+SECTIONS: list[Section] = [header_section, summary_section, curve_section, examples_section]
+
+
+def render_html(
+    evaluation: Evaluation,
+    extra: Mapping[str, Any] | None = None,
+    *,
+    sections: Sequence[Section] | None = None,
+) -> str:
+    """The report page as a string (see :func:`write_html_report`)."""
+    import advlab
+
+    extra = dict(extra or {})
+    parts = [Markup(s(evaluation, extra)) for s in (SECTIONS if sections is None else sections)]
+    page = _env().get_template("report.html")
+    return page.render(
+        title=str(extra.get("title") or f"advlab report: {evaluation.dataset}"),
+        sections=[p for p in parts if p.strip()],
+        version=advlab.__version__,
+        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    )
+
+
+def write_html_report(
+    path: str | os.PathLike[str],
+    evaluation: Evaluation,
+    extra: Mapping[str, Any] | None = None,
+    *,
+    sections: Sequence[Section] | None = None,
+) -> Path:
+    """Write the report as one self-contained HTML file, atomically.
+
+    Args:
+        path: destination; parent folders are created.
+        evaluation: the result of :func:`advlab.evaluate.evaluate`.
+        extra: context for the header and for extra sections: ``model`` (a display name),
+            ``title``, ``date``, ``run_id``, ``environment`` (default: this machine's
+            :func:`advlab.store.environment_info`), ``config`` (the run's configuration),
+            ``class_names``.
+        sections: the sections to render, in order; default :data:`SECTIONS`.
+
+    Returns:
+        The path written.
+    """
+    return atomic_write_text(path, render_html(evaluation, extra, sections=sections))

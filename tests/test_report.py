@@ -1,0 +1,157 @@
+"""HTML and JSON reports."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from advlab.evaluate import WORST_CASE, AttackConfig, Evaluation, evaluate
+from advlab.report import (
+    SECTIONS,
+    fragment,
+    render_html,
+    write_html_report,
+    write_json_report,
+)
+from advlab.report.html import fmt_num, fmt_pct
+
+from .conftest import make_cnn
+
+
+@dataclass(frozen=True)
+class Toy:
+    name: str
+    x: Tensor
+    y: Tensor
+    num_classes: int
+
+
+def _toy(x: Tensor, model: nn.Module) -> Toy:
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    y[::4] = (y[::4] + 1) % int(model(x[:1]).shape[1])
+    return Toy("toy-images", x, y, int(model(x[:1]).shape[1]))
+
+
+@pytest.fixture(scope="module")
+def ev() -> Evaluation:
+    model = make_cnn()
+    x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    return evaluate(model, _toy(x, model), attacks=["fgsm", AttackConfig("pgd", {"steps": 3})],
+                    norm="linf", eps_grid=[0.0, 0.03, 0.08], batch_size=8, keep_examples=4)  # fmt: skip
+
+
+def _pngs(html: str) -> list[bytes]:
+    return [
+        base64.b64decode(m) for m in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
+    ]
+
+
+def test_html_report_is_one_self_contained_file(ev: Evaluation, tmp_path: Path) -> None:
+    extra = {"model": "<b>cnn</b>", "run_id": "20260101-000000-abcdef", "title": "Audit & co"}
+    path = write_html_report(tmp_path / "out" / "report.html", ev, extra)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.html"]
+    html = path.read_text(encoding="utf-8")
+    assert html.lstrip().lower().startswith("<!doctype html>")
+    assert html.count('<img src="data:image/png;base64,') == 2
+    pngs = _pngs(html)
+    assert len(pngs) == 2  # the curve and the image grid
+    assert all(p.startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
+    # No resource is fetched from anywhere: no URLs at all, no external scripts or stylesheets.
+    assert "http://" not in html and "https://" not in html
+    assert "<script" not in html and "<link" not in html
+    # Values are escaped.
+    assert "<b>cnn</b>" not in html and "&lt;b&gt;cnn&lt;/b&gt;" in html
+    assert "Audit &amp; co" in html
+    assert "20260101-000000-abcdef" in html
+
+
+def test_html_report_has_the_table_values(ev: Evaluation, tmp_path: Path) -> None:
+    html = write_html_report(tmp_path / "r.html", ev).read_text(encoding="utf-8")
+    body = html[html.index('<section id="summary">') : html.index('<section id="curve">')]
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", body)
+    for r in ev.rows:
+        expected = [
+            r["attack"], fmt_num(r["eps"]), fmt_pct(r["robust_accuracy"]),
+            f"[{fmt_pct(r['ci_low'])}, {fmt_pct(r['ci_high'])}]", fmt_pct(r["success_rate"]),
+            fmt_num(r["median_norm"]), fmt_num(r["queries"]),
+        ]  # fmt: skip
+        start = next(
+            i
+            for i in range(0, len(cells), 8)
+            if cells[i : i + 2] == [r["attack"], fmt_num(r["eps"])]
+        )
+        assert cells[start : start + 7] == expected
+    assert len(cells) == 8 * len(ev.rows)
+    assert fmt_pct(ev.clean_accuracy) in html
+    assert f"{100 * ev.row(WORST_CASE, 0.08)['robust_accuracy']:.1f}%" in body
+
+
+def test_img_tag_carries_a_data_uri(ev: Evaluation) -> None:
+    html = render_html(ev)
+    srcs = re.findall(r'<img [^>]*src="([^"]+)"', html)
+    assert len(srcs) == 2 and all(s.startswith("data:image/png;base64,") for s in srcs)
+
+
+def test_sections_are_pluggable(ev: Evaluation) -> None:
+    def certified(e: Evaluation, extra: dict[str, Any]) -> str:
+        return fragment('<section id="cert"><h2>{{ t }}</h2></section>', t=extra["cert_title"])
+
+    def nothing(e: Evaluation, extra: dict[str, Any]) -> str:
+        return ""
+
+    html = render_html(
+        ev, {"cert_title": "Certified <radius>"}, sections=[*SECTIONS, certified, nothing]
+    )
+    assert '<section id="cert"><h2>Certified &lt;radius&gt;</h2></section>' in html
+    assert html.index('id="summary"') < html.index('id="cert"')
+    only = render_html(ev, sections=[certified], extra={"cert_title": "x"})
+    assert 'id="summary"' not in only and 'id="cert"' in only
+
+
+def test_examples_section_without_images(tmp_path: Path) -> None:
+    # Tabular inputs: no image grid, but the rest of the report is there.
+    g = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 3))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    x = torch.rand(12, 6, generator=g)
+    ev = evaluate(model, _toy(x, model), attacks=["fgsm"], norm="linf", eps_grid=[0.0, 0.5, 1.0])
+    assert ev.examples is not None
+    html = write_html_report(tmp_path / "r.html", ev).read_text(encoding="utf-8")
+    assert len(_pngs(html)) == 1
+    assert "not images" in html
+    none = evaluate(model, _toy(x, model), attacks=["fgsm"], norm="linf", eps_grid=[0.0])
+    assert none.examples is None
+    assert "nothing to show" in render_html(none)
+
+
+def test_json_report_parses_back(ev: Evaluation, tmp_path: Path) -> None:
+    extra = {"model": {"name": "cnn", "sha256": "ab"}, "tensor": torch.tensor([1.5, 2.0]),
+             "path": tmp_path, "nan": float("nan")}  # fmt: skip
+    path = write_json_report(tmp_path / "r" / "report.json", ev, extra)
+    text = path.read_text(encoding="utf-8")
+    assert "NaN" not in text and "Infinity" not in text  # strict JSON
+    data = json.loads(text)
+    assert data["format"] == "advlab-report" and data["format_version"] == 1
+    assert data["extra"] == {"model": {"name": "cnn", "sha256": "ab"}, "tensor": [1.5, 2.0],
+                             "path": str(tmp_path), "nan": None}  # fmt: skip
+    got = data["evaluation"]
+    assert got["clean_accuracy"] == ev.clean_accuracy
+    assert got["eps_grid"] == [0.0, 0.03, 0.08]
+    assert [(r["attack"], r["eps"], r["robust_accuracy"]) for r in got["rows"]] == [
+        (r["attack"], r["eps"], r["robust_accuracy"]) for r in ev.rows
+    ]
+    zero = next(r for r in got["rows"] if r["eps"] == 0.0)
+    assert zero["median_norm"] is None  # NaN (no successes) becomes null
+    assert got["examples"]["indices"] == ev.examples.indices.tolist()  # type: ignore[union-attr]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["report.json"]  # no temp files left
