@@ -1,0 +1,655 @@
+"""The training loop: seeded, checkpointed as one unit, and resumable exactly.
+
+:func:`train` minimizes a *recipe*'s per-batch loss (:mod:`advlab.defenses.recipes`) over a
+dataset. Everything that decides the outcome comes from :class:`TrainConfig` and its ``seed``:
+
+* the data order: a CPU :class:`torch.Generator` draws one permutation per epoch;
+* the recipe's randomness (attack starts, noise): a generator on the training device;
+* layers that draw from torch's global RNG (dropout): the loop runs inside
+  :func:`torch.random.fork_rng` with that RNG seeded from ``seed``, so the same seed gives the
+  same weights and the caller's global RNG state is unchanged afterwards.
+
+A checkpoint holds the model, optimizer, scheduler, epoch and step within the epoch, the three
+RNG states, the partial epoch statistics, the history, the config and the recipe. It is written
+atomically with :func:`torch.save` and read with ``torch.load(weights_only=True)``, never by full
+unpickling. A run interrupted at any step and resumed from its checkpoint finishes with weights
+bit-identical to those of an uninterrupted run (on the same hardware and software).
+
+Model mode: training is the one place in advlab where a model's train/eval mode is set. The loop
+puts the model in training mode for its steps (and briefly in eval mode to measure ``eval_data``
+accuracy after each epoch), and on return, or on an exception, restores every submodule's mode
+to what it was when :func:`train` was called.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from advlab.defenses.recipes import LossOutput, build_recipe, recipe_params
+from advlab.errors import CheckpointError, ConfigError, DataError
+from advlab.fileio import atomic_write
+from advlab.models.io import state_mismatch
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULERS = ("none", "cosine", "step")
+CHECKPOINT_FORMAT = "advlab-train/1"
+# config fields that do not change the result, so a resumed run may change them
+_RESUME_FREE = ("checkpoint_every",)
+
+
+class DatasetLike(Protocol):
+    """What the loop needs from a dataset (``advlab.data.Dataset`` has it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def x(self) -> Tensor: ...
+
+    @property
+    def y(self) -> Tensor: ...
+
+    @property
+    def num_classes(self) -> int: ...
+
+
+def _check_number(name: str, v: Any, ok: Callable[[float], bool], expected: str) -> None:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not ok(v):
+        raise ConfigError(f"{name} must be a finite number {expected}, got {v!r}")
+
+
+def _is_plain(v: Any) -> bool:
+    """True for values that survive JSON and ``torch.load(weights_only=True)``."""
+    if v is None or isinstance(v, bool | int | float | str):
+        return True
+    if isinstance(v, list | tuple):
+        return all(_is_plain(i) for i in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _is_plain(i) for k, i in v.items())
+    return False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of a training run.
+
+    Attributes:
+        epochs: passes over the training data.
+        batch_size: samples per optimizer step (the last batch of an epoch may be smaller).
+        lr: learning rate (initial, for the schedulers).
+        optimizer: ``"sgd"`` (with ``momentum``) or ``"adam"``.
+        momentum: SGD momentum in ``[0, 1)``; ignored by Adam.
+        weight_decay: L2 penalty (``>= 0``), passed to the optimizer.
+        scheduler: learning-rate schedule, stepped once per epoch: ``"none"``, ``"cosine"``
+            (cosine annealing to 0 over ``epochs``) or ``"step"`` (multiply by ``gamma`` at each
+            epoch in ``milestones``).
+        milestones: epochs after which ``"step"`` decays the rate; default: half-way and
+            three-quarters of the way through.
+        gamma: decay factor of ``"step"``, in ``(0, 1]``.
+        seed: seeds the data order, the recipe's generator and the global RNG inside the run.
+        recipe: name of the training recipe (``advlab list recipes``).
+        recipe_params: keyword arguments of the recipe; plain values only (numbers, strings,
+            lists, dicts) so they can be saved with the checkpoint.
+        checkpoint_every: also checkpoint every this many optimizer steps (``None``: only at the
+            end of each epoch).
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    scheduler: str = "none"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    seed: int = 0
+    recipe: str = "standard"
+    recipe_params: dict[str, Any] = field(default_factory=dict)
+    checkpoint_every: int | None = None
+
+    def __post_init__(self) -> None:
+        for k in ("epochs", "batch_size"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{k} must be an integer >= 1, got {v!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+        ce = self.checkpoint_every
+        if ce is not None and (isinstance(ce, bool) or not isinstance(ce, int) or ce < 1):
+            raise ConfigError(f"checkpoint_every must be an integer >= 1 or None, got {ce!r}")
+        _check_number("lr", self.lr, lambda v: v > 0, "> 0")
+        _check_number("momentum", self.momentum, lambda v: 0 <= v < 1, "in [0, 1)")
+        _check_number("weight_decay", self.weight_decay, lambda v: v >= 0, ">= 0")
+        _check_number("gamma", self.gamma, lambda v: 0 < v <= 1, "in (0, 1]")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"unknown optimizer {self.optimizer!r}; use one of {', '.join(OPTIMIZERS)}"
+            )
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(
+                f"unknown scheduler {self.scheduler!r}; use one of {', '.join(SCHEDULERS)}"
+            )
+        try:
+            milestones = tuple(int(m) for m in self.milestones)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"milestones must be epoch numbers, got {self.milestones!r}"
+            ) from None
+        if list(milestones) != sorted(set(milestones)) or any(
+            not 1 <= m <= self.epochs for m in milestones
+        ):
+            raise ConfigError(
+                f"milestones must be increasing epochs in [1, {self.epochs}], got {milestones}"
+            )
+        if milestones and self.scheduler != "step":
+            raise ConfigError("milestones are used by scheduler='step' only; drop them or set it")
+        object.__setattr__(self, "milestones", milestones)
+        if not isinstance(self.recipe_params, Mapping) or not _is_plain(dict(self.recipe_params)):
+            raise ConfigError(
+                "recipe_params must be a dict of plain values (numbers, strings, lists, dicts), "
+                f"got {self.recipe_params!r}"
+            )
+        object.__setattr__(self, "recipe_params", dict(self.recipe_params))
+        recipe_params(self.recipe, self.recipe_params)  # unknown recipe or parameter names
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain values (lists for tuples)."""
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """Build from a mapping (e.g. parsed YAML); unknown keys raise ConfigError."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ConfigError(
+                f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(names)}"
+            )
+        return cls(**dict(d))
+
+    def resolved_milestones(self) -> tuple[int, ...]:
+        """The decay epochs that ``"step"`` uses (the defaults filled in)."""
+        if self.milestones:
+            return self.milestones
+        return tuple(sorted({m for m in (self.epochs // 2, (3 * self.epochs) // 4) if m >= 1}))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` did.
+
+    Attributes:
+        history: one row per completed epoch (including epochs run before a resume): ``epoch``
+            (1-based), ``loss`` (mean recipe loss), ``train_accuracy`` (on the inputs the recipe
+            trained on; ``None`` if the recipe returns no logits), ``eval_accuracy`` (``None``
+            without ``eval_data``), ``lr`` (the rate used in the epoch) and ``seconds``.
+        wall_time: seconds spent in this call.
+        global_step: optimizer steps taken in the whole run so far.
+        completed: False when the run stopped early (``stop_after_steps``).
+        resumed_from: ``(epoch, step)`` of the checkpoint this call resumed from, else ``None``.
+    """
+
+    history: list[dict[str, Any]]
+    wall_time: float
+    global_step: int
+    completed: bool
+    resumed_from: tuple[int, int] | None = None
+
+    @property
+    def final(self) -> dict[str, Any]:
+        """The last epoch's row (empty if no epoch finished)."""
+        return dict(self.history[-1]) if self.history else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _derive_seed(seed: int, stream: int) -> int:
+    """An independent 63-bit seed per stream (SplitMix64 finalizer)."""
+    z = (seed * 0x9E3779B97F4A7C15 + (stream + 1) * 0xD1B54A32D192ED03) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+def _check_data(data: Any, what: str = "data") -> tuple[Tensor, Tensor]:
+    try:
+        x, y, k = data.x, data.y, data.num_classes
+    except AttributeError:
+        raise DataError(
+            f"{what} must be a dataset with .x, .y and .num_classes (advlab.data.Dataset), "
+            f"got {type(data).__name__}"
+        ) from None
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
+        raise DataError(f"{what}.x must be a floating-point tensor (N, ...) of inputs in [0, 1]")
+    if not isinstance(y, Tensor) or y.dim() != 1 or y.dtype != torch.int64:
+        raise DataError(f"{what}.y must be an int64 tensor (N,) of class labels")
+    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise DataError(
+            f"{what} must hold at least one sample and as many labels as inputs, got "
+            f"{x.shape[0]} inputs and {y.shape[0]} labels"
+        )
+    if int(y.min()) < 0 or int(y.max()) >= int(k):
+        raise DataError(
+            f"{what} labels must lie in [0, {int(k) - 1}] (num_classes={k}), found "
+            f"{int(y.min())}..{int(y.max())}"
+        )
+    return x, y
+
+
+def _fingerprint(data: Any, y: Tensor) -> dict[str, Any]:
+    w = torch.arange(y.shape[0], device=y.device) % 1009 + 1
+    return {
+        "name": str(getattr(data, "name", "")),
+        "n": int(y.shape[0]),
+        "labels": int((y * w).sum()),
+    }
+
+
+def evaluate_accuracy(
+    model: nn.Module, data: Any, *, batch_size: int = 1024, device: str | torch.device | None = None
+) -> float:
+    """Fraction of ``data`` that ``model`` classifies correctly.
+
+    Runs without gradients and leaves the model's mode as it is (call ``model.eval()`` first to
+    evaluate in inference mode).
+
+    Args:
+        model: classifier returning logits.
+        data: a dataset with ``.x``, ``.y`` and ``.num_classes``.
+        batch_size: samples per forward pass.
+        device: where to run the batches; default: the device ``data.x`` is on.
+
+    Returns:
+        Accuracy in ``[0, 1]``.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    x, y = _check_data(data)
+    dev = torch.device(device) if device is not None else x.device
+    correct = torch.zeros((), dtype=torch.int64, device=dev)
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            xb, yb = x[i : i + batch_size].to(dev), y[i : i + batch_size].to(dev)
+            correct += (model(xb).argmax(dim=1) == yb).sum()
+    return int(correct) / x.shape[0]
+
+
+@contextmanager
+def _restore_modes(model: nn.Module) -> Iterator[None]:
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def _build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the model has no trainable parameters (requires_grad=False everywhere)")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _build_scheduler(
+    opt: torch.optim.Optimizer, cfg: TrainConfig
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(
+            opt, milestones=list(cfg.resolved_milestones()), gamma=cfg.gamma
+        )
+    return None
+
+
+def _rng_devices(device: torch.device) -> list[int]:
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"training checkpoint {path} is corrupt, truncated or not a checkpoint "
+            f"({type(e).__name__}); delete it or pass resume=False (CLI --no-resume) to start over"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} is not an advlab training checkpoint ({CHECKPOINT_FORMAT}); use another "
+            "checkpoint path or pass resume=False to overwrite it"
+        )
+    return ckpt
+
+
+def _config_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    keys = [k for k in {**saved, **current} if k not in _RESUME_FREE]
+    return [
+        f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}"
+        for k in keys
+        if saved.get(k) != current.get(k)
+    ]
+
+
+@dataclass
+class _Position:
+    """Where a run stands, with the statistics of the epoch in progress (all plain values)."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # completed steps of the current epoch
+    global_step: int = 0
+    loss_sum: float = 0.0  # sum over samples of the recipe loss, this epoch
+    seen: int = 0  # samples trained on this epoch
+    correct: int = 0  # correctly classified among those with logits
+    counted: int = 0  # samples whose logits the recipe returned
+    seconds: float = 0.0  # time spent in this epoch before the last resume
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Run:
+    """The state of one training run: what a checkpoint saves and a resume restores."""
+
+    def __init__(
+        self, model: nn.Module, cfg: TrainConfig, dev: torch.device, data_id: dict[str, Any]
+    ) -> None:
+        self.model, self.cfg, self.dev, self.data_id = model, cfg, dev, data_id
+        self.opt = _build_optimizer(model, cfg)
+        self.sched = _build_scheduler(self.opt, cfg)
+        self.pos = _Position()
+        # the data order: one permutation per epoch, drawn from the state at the epoch's start
+        self.shuffle = torch.Generator().manual_seed(_derive_seed(cfg.seed, 0))
+        self.epoch_rng = self.shuffle.get_state()
+        self.recipe_gen = torch.Generator(device=dev).manual_seed(_derive_seed(cfg.seed, 1))
+        # the global RNG (dropout) is forked by train(), so seeding it here is invisible outside
+        torch.random.default_generator.manual_seed(_derive_seed(cfg.seed, 2))
+        if dev.type == "cuda":
+            with torch.cuda.device(dev):
+                torch.cuda.manual_seed(_derive_seed(cfg.seed, 2))
+
+    def permutation(self, n: int) -> Tensor:
+        self.shuffle.set_state(self.epoch_rng)
+        return torch.randperm(n, generator=self.shuffle)
+
+    def next_epoch(self) -> None:
+        self.pos.epoch += 1
+        self.pos.step = 0
+        self.pos.loss_sum, self.pos.seen, self.pos.correct, self.pos.counted = 0.0, 0, 0, 0
+        self.pos.seconds = 0.0
+        self.epoch_rng = self.shuffle.get_state()
+
+    def state_dict(self, epoch_seconds: float) -> dict[str, Any]:
+        pos = dataclasses.replace(self.pos, seconds=epoch_seconds)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg.to_dict(),
+            "recipe": {
+                "name": self.cfg.recipe,
+                "params": recipe_params(self.cfg.recipe, self.cfg.recipe_params),
+            },
+            "data": self.data_id,
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict() if self.sched is not None else None,
+            "position": dataclasses.asdict(pos),
+            "rng": {
+                "shuffle_epoch_start": self.epoch_rng,
+                "recipe": self.recipe_gen.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(self.dev) if self.dev.type == "cuda" else None,
+            },
+        }
+
+    def save(self, path: Path | None, epoch_seconds: float) -> None:
+        if path is not None:
+            ckpt = self.state_dict(epoch_seconds)
+            atomic_write(path, lambda p: torch.save(ckpt, p))
+
+    def restore(self, path: Path) -> None:
+        ckpt = _load_checkpoint(path)
+        diff = _config_diff(ckpt.get("config", {}), self.cfg.to_dict())
+        if diff:
+            raise ConfigError(
+                f"checkpoint {path} was made with a different config ({'; '.join(diff)}); use "
+                "the original config, another checkpoint path, or resume=False (CLI --no-resume) "
+                "to start over"
+            )
+        if ckpt.get("data") != self.data_id:
+            raise ConfigError(
+                f"checkpoint {path} was made on different training data ({ckpt.get('data')} vs "
+                f"{self.data_id}); use the same data, another checkpoint path, or resume=False"
+            )
+        try:
+            own = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+            mismatch = state_mismatch(own, ckpt["model"])
+            if mismatch:
+                raise CheckpointError(
+                    f"the model in checkpoint {path} does not fit this model ({mismatch}); build "
+                    "the same architecture, or use another checkpoint path"
+                )
+            self.model.load_state_dict(ckpt["model"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+            if self.sched is not None:
+                self.sched.load_state_dict(ckpt["scheduler"])
+            self.pos = _Position(**ckpt["position"])
+            rng = ckpt["rng"]
+            self.epoch_rng = rng["shuffle_epoch_start"]
+            self.recipe_gen.set_state(rng["recipe"])
+            torch.set_rng_state(rng["torch"])
+            if self.dev.type == "cuda" and rng["cuda"] is not None:
+                torch.cuda.set_rng_state(rng["cuda"], self.dev)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise CheckpointError(
+                f"training checkpoint {path} is incomplete or corrupt ({type(e).__name__}: {e}); "
+                "delete it or pass resume=False to start over"
+            ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(
+    model: nn.Module,
+    data: DatasetLike,
+    cfg: TrainConfig,
+    *,
+    checkpoint_path: str | Path | None = None,
+    resume: bool = True,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    eval_data: DatasetLike | None = None,
+    stop_after_steps: int | None = None,
+    device: str | torch.device | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``data`` with the recipe and hyper-parameters in ``cfg``.
+
+    Each epoch visits the data in a fresh seeded order, in batches of ``cfg.batch_size``; each
+    step minimizes the recipe's loss with the optimizer; the learning-rate schedule steps once
+    per epoch. See the module docstring for seeding, checkpoints and the model's mode.
+
+    Args:
+        model: classifier returning logits, already on ``device``; trained in place.
+        data: training set with ``.x`` ``(N, C, H, W)`` in ``[0, 1]``, ``.y`` ``(N,)`` int64,
+            ``.num_classes`` and ``.name`` (an :class:`advlab.data.Dataset`).
+        cfg: the run's configuration (:class:`TrainConfig`).
+        checkpoint_path: file for the training checkpoint, written at the end of every epoch,
+            every ``cfg.checkpoint_every`` steps and when stopping early. ``None``: no checkpoints.
+        resume: if the checkpoint exists, continue from it (the config and data must match,
+            except ``checkpoint_every``); ``False`` starts over and overwrites it. Resuming a
+            finished run returns its history without training.
+        progress: called with a dict after every step (``{"event": "step", "stage": "train",
+            "epoch", "step", "steps_per_epoch", "global_step", "loss", "done", "total"}``, where
+            ``done``/``total`` are the step and steps per epoch) and after every epoch
+            (``{"event": "epoch", "stage": "train", "message": one-line summary,
+            **history_row}``). An exception raised by it stops training; the last checkpoint
+            stays valid.
+        eval_data: dataset whose accuracy (model in eval mode) is recorded after every epoch.
+        stop_after_steps: stop after this many optimizer steps of this call, writing a
+            checkpoint first; ``TrainResult.completed`` is then False.
+        device: where batches are sent; default: the device of ``data.x``.
+
+    Returns:
+        A :class:`TrainResult` with the per-epoch history.
+
+    Raises:
+        ConfigError: the checkpoint was made with a different config or data, the loss diverged,
+            or the model is not on ``device``.
+        CheckpointError: a corrupt checkpoint, or one whose model does not fit ``model``.
+        DataError: malformed ``data`` or ``eval_data``.
+
+    Example:
+        >>> model = build_model("papernot-mnist", seed=0)
+        >>> cfg = TrainConfig(epochs=10, batch_size=64, lr=1e-3, optimizer="adam")
+        >>> result = train(model, splits.train, cfg, checkpoint_path="run.ckpt")
+    """
+    started = time.perf_counter()
+    if not isinstance(cfg, TrainConfig):
+        raise ConfigError(f"cfg must be an advlab TrainConfig, got {type(cfg).__name__}")
+    x, y = _check_data(data)
+    if eval_data is not None:
+        _check_data(eval_data, "eval_data")
+    if stop_after_steps is not None and (
+        isinstance(stop_after_steps, bool) or not isinstance(stop_after_steps, int)
+        or stop_after_steps < 1
+    ):  # fmt: skip
+        raise ConfigError(f"stop_after_steps must be an integer >= 1, got {stop_after_steps!r}")
+    dev = torch.device(device) if device is not None else x.device
+    for p in model.parameters():
+        if p.device.type != dev.type or (dev.index is not None and p.device != dev):
+            raise ConfigError(
+                f"the model is on {p.device} but batches go to {dev}; move the model with "
+                f"model.to({str(dev)!r}) or pass device={str(p.device)!r}"
+            )
+        break
+    loss_fn = build_recipe(cfg.recipe, cfg.recipe_params)
+    path = Path(checkpoint_path).expanduser() if checkpoint_path is not None else None
+    with _restore_modes(model), torch.random.fork_rng(devices=_rng_devices(dev)):
+        run = _Run(model, cfg, dev, _fingerprint(data, y))
+        resumed_from = None
+        if path is not None and resume and path.exists():
+            run.restore(path)
+            resumed_from = (run.pos.epoch, run.pos.step)
+            log.info("resuming from %s at epoch %d, step %d", path, *resumed_from)
+        completed = _loop(run, x, y, loss_fn, path, progress, eval_data, stop_after_steps)
+    return TrainResult(
+        history=[dict(r) for r in run.pos.history],
+        wall_time=time.perf_counter() - started,
+        global_step=run.pos.global_step,
+        completed=completed,
+        resumed_from=resumed_from,
+    )
+
+
+def _loop(
+    run: _Run,
+    x: Tensor,
+    y: Tensor,
+    loss_fn: Callable[..., LossOutput],
+    path: Path | None,
+    progress: Callable[[dict[str, Any]], None] | None,
+    eval_data: Any,
+    stop_after_steps: int | None,
+) -> bool:
+    """Train until the last epoch (True) or until ``stop_after_steps`` (False)."""
+    cfg, pos, model, dev = run.cfg, run.pos, run.model, run.dev
+    steps_per_epoch = math.ceil(x.shape[0] / cfg.batch_size)
+    steps = 0  # taken in this call
+    model.train()
+    while pos.epoch < cfg.epochs:
+        tick = time.perf_counter()
+        perm = run.permutation(x.shape[0]).to(x.device)
+        lr = float(run.opt.param_groups[0]["lr"])
+        while pos.step < steps_per_epoch:
+            idx = perm[pos.step * cfg.batch_size : (pos.step + 1) * cfg.batch_size]
+            xb, yb = x[idx].to(dev), y[idx].to(dev)
+            out = loss_fn(model, xb, yb, generator=run.recipe_gen)
+            loss, logits = out if isinstance(out, tuple) else (out, None)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise ConfigError(
+                    f"the training loss became {value} at epoch {pos.epoch + 1}, step "
+                    f"{pos.step + 1}; lower the learning rate (lr={cfg.lr}) or check the data"
+                )
+            run.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            run.opt.step()
+            pos.step, pos.global_step, steps = pos.step + 1, pos.global_step + 1, steps + 1
+            pos.loss_sum += value * yb.shape[0]
+            pos.seen += yb.shape[0]
+            if logits is not None:
+                pos.correct += int((logits.detach().argmax(dim=1) == yb).sum())
+                pos.counted += yb.shape[0]
+            stop = stop_after_steps is not None and steps >= stop_after_steps
+            if pos.step < steps_per_epoch and (
+                stop or (cfg.checkpoint_every and pos.global_step % cfg.checkpoint_every == 0)
+            ):
+                run.save(path, pos.seconds + time.perf_counter() - tick)
+            if progress is not None:
+                progress({
+                    "event": "step", "stage": "train", "epoch": pos.epoch + 1, "step": pos.step,
+                    "steps_per_epoch": steps_per_epoch, "global_step": pos.global_step,
+                    "loss": value, "done": pos.step, "total": steps_per_epoch,
+                })  # fmt: skip
+            if stop and pos.step < steps_per_epoch:
+                log.info(
+                    "stopping after %d steps (epoch %d, step %d)", steps, pos.epoch + 1, pos.step
+                )
+                return False
+
+        if run.sched is not None:
+            run.sched.step()
+        row: dict[str, Any] = {
+            "epoch": pos.epoch + 1,
+            "loss": pos.loss_sum / pos.seen,
+            "train_accuracy": pos.correct / pos.seen if pos.counted == pos.seen else None,
+            "eval_accuracy": None,
+            "lr": lr,
+        }
+        if eval_data is not None:
+            model.eval()
+            row["eval_accuracy"] = evaluate_accuracy(model, eval_data, device=dev)
+            model.train()
+        row["seconds"] = pos.seconds + time.perf_counter() - tick
+        pos.history.append(row)
+        run.next_epoch()
+        run.save(path, 0.0)
+        log.info("epoch %d/%d: %s", pos.epoch, cfg.epochs, row)
+        if progress is not None:
+            progress({"event": "epoch", "stage": "train", "message": _summary(row, cfg), **row})
+        if stop_after_steps is not None and steps >= stop_after_steps and pos.epoch < cfg.epochs:
+            return False
+    return True
+
+
+def _summary(row: Mapping[str, Any], cfg: TrainConfig) -> str:
+    parts = [f"epoch {row['epoch']}/{cfg.epochs}", f"loss {row['loss']:.4f}"]
+    if row["train_accuracy"] is not None:
+        parts.append(f"train acc {row['train_accuracy']:.2%}")
+    if row["eval_accuracy"] is not None:
+        parts.append(f"eval acc {row['eval_accuracy']:.2%}")
+    parts.append(f"{row['seconds']:.1f} s")
+    return ", ".join(parts)
