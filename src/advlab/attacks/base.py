@@ -206,3 +206,28 @@ def finalize(
         target=target,
         extras=extras or {},
     )
+
+
+def check_model(model: nn.Module, x: Tensor, y: Tensor | None = None, num_classes: int | None = None) -> None:
+    """Probe ``model`` on the first two samples of ``x``: it must run and return valid logits.
+
+    Raises:
+        InputError: the model cannot process inputs of this shape or dtype.
+        ModelOutputError: the outputs are malformed or have the wrong number of classes.
+    """
+    probe = x[:2]
+    try:
+        with torch.no_grad():
+            logits = model(probe)
+    except (RuntimeError, ValueError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(
+            f"the model cannot process inputs of shape {tuple(probe.shape[1:])} ({first}); "
+            "use a model built for this data, or data of the shape the model expects"
+        ) from e
+    check_logits(logits, probe.shape[0], None if y is None else y[:2])
+    if num_classes is not None and logits.shape[1] != num_classes:
+        raise ModelOutputError(
+            f"the model returns {logits.shape[1]} logits but the data has {num_classes} classes; "
+            "use a model trained for this dataset"
+        )
