@@ -2,6 +2,7 @@
 
 from advlab.attacks.base import AttackSpec, finalize, get_attack, margin, register_attack
 from advlab.attacks.bim import bim
+from advlab.attacks.cw import cw_l0, cw_l2, cw_linf
 from advlab.attacks.deepfool import deepfool
 from advlab.attacks.gradient import fgsm, pgd
 from advlab.attacks.jsma import jsma
@@ -12,6 +13,9 @@ __all__ = [
     "AttackSpec",
     "all_other_targets",
     "bim",
+    "cw_l0",
+    "cw_l2",
+    "cw_linf",
     "deepfool",
     "fgsm",
     "finalize",
