@@ -185,7 +185,7 @@ def run_audit(
     model, model_info = prepare_model(cfg, splits.train, test, progress)
     check_model(model, test.x, test.y, test.num_classes)
     config = cfg.to_dict()
-    config["model_sha256"] = model_info.get("sha256")
+    config["model_sha256"] = model_info.get("weights_sha256")
     run_id = store.find_resumable("audit", config)
     if run_id is None:
         run_id = store.create_run("audit", config, environment=environment_info(cfg.seed))

@@ -21,8 +21,9 @@ from rich.table import Table
 from advlab import __version__
 from advlab.errors import AdvlabError
 
-console = Console(stderr=True)
-stdout = Console()
+# Piped output (CI logs, files) gets a wide table instead of rich's 80-column default.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+stdout = Console(width=None if sys.stdout.isatty() else 120)
 
 
 def _floats(text: str) -> tuple[float, ...]:
