@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -30,6 +30,22 @@ log = logging.getLogger(__name__)
 Loader = Callable[[Path], "Splits"]
 """A registered dataset loader: ``loader(data_dir) -> Splits``."""
 
+
+
+class DatasetLike(Protocol):
+    """What training and evaluation need of a dataset; :class:`Dataset` has it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def x(self) -> Tensor: ...
+
+    @property
+    def y(self) -> Tensor: ...
+
+    @property
+    def num_classes(self) -> int: ...
 
 @dataclass(frozen=True, eq=False)
 class Dataset:

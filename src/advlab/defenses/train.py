@@ -31,11 +31,12 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from advlab.data.base import DatasetLike
 from advlab.defenses.recipes import LossOutput, build_recipe, recipe_params
 from advlab.errors import CheckpointError, ConfigError, DataError
 from advlab.fileio import atomic_write
@@ -50,20 +51,6 @@ CHECKPOINT_FORMAT = "advlab-train/1"
 _RESUME_FREE = ("checkpoint_every",)
 
 
-class DatasetLike(Protocol):
-    """What the loop needs from a dataset (``advlab.data.Dataset`` has it)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def x(self) -> Tensor: ...
-
-    @property
-    def y(self) -> Tensor: ...
-
-    @property
-    def num_classes(self) -> int: ...
 
 
 def _check_number(name: str, v: Any, ok: Callable[[float], bool], expected: str) -> None:

@@ -32,12 +32,13 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from advlab.attacks.base import AttackSpec, check_count, check_logits, get_attack
+from advlab.data.base import DatasetLike
 from advlab.errors import ConfigError, ModelOutputError
 from advlab.evaluate.stats import wilson_interval
 from advlab.store.sqlite import RunStore, canonical_json, environment_info
@@ -56,20 +57,6 @@ _ENGINE_ARGS = ("target", "generator")
 Progress = Callable[[dict[str, Any]], None]
 
 
-class DatasetLike(Protocol):
-    """What :func:`evaluate` needs of a dataset (:class:`advlab.data.Dataset` fits)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def x(self) -> Tensor: ...
-
-    @property
-    def y(self) -> Tensor: ...
-
-    @property
-    def num_classes(self) -> int: ...
 
 
 def attack_parameters(spec: AttackSpec) -> tuple[str, ...] | None:
