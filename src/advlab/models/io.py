@@ -210,8 +210,8 @@ def state_mismatch(expected: Mapping[str, tuple[int, ...]], state: Mapping[str, 
     Lists missing keys, unexpected keys and keys whose shapes differ (five of each at most).
     """
     parts = []
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    missing = sorted(k for k in expected if k not in state)
+    unexpected = sorted(k for k in state if k not in expected)
     shapes = [
         f"{k}: file {tuple(state[k].shape)} vs model {expected[k]}"
         for k in expected
