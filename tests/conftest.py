@@ -61,3 +61,19 @@ class LinearBinary(nn.Module):
 def linear_binary() -> LinearBinary:
     g = torch.Generator().manual_seed(3)
     return LinearBinary(torch.randn(1 * 8 * 8, generator=g), 0.1).eval()
+
+
+def linear_margin_batch(
+    model: LinearBinary, n: int = 12
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inputs near 0.5 with margins ``|f|`` in [0.2, 1], so that the box never binds.
+
+    Returns ``x (n, 1, 8, 8)``, labels and ``|f|``.
+    """
+    g = torch.Generator().manual_seed(0)
+    w = model.w.detach()
+    x = 0.5 + 0.02 * torch.randn(n, 64, generator=g)
+    f = x @ w + model.b.detach()
+    want = torch.sign(f) * (0.2 + 0.8 * torch.rand(n, generator=g))
+    x = x + ((want - f) / (w @ w))[:, None] * w  # shift along w to the wanted margin
+    return x.view(n, 1, 8, 8), (want > 0).long(), want.abs()

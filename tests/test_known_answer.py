@@ -13,20 +13,9 @@ import torch
 from advlab import ThreatModel
 from advlab.attacks import fgsm, pgd
 
-from .conftest import LinearBinary
+from .conftest import LinearBinary, linear_margin_batch
 
-
-def margin_batch(model: LinearBinary, n: int = 12) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    w = model.w.detach()
-    x = 0.5 + 0.02 * torch.randn(n, 64, generator=g)
-    f = x @ w + model.b.detach()
-    # Shift each sample along w so that |f| lies in [0.2, 1.0].
-    want = torch.sign(f) * (0.2 + 0.8 * torch.rand(n, generator=g))
-    x = x + ((want - f) / (w @ w))[:, None] * w
-    x = x.view(n, 1, 8, 8)
-    y = (want > 0).long()
-    return x, y, want.abs()
+margin_batch = linear_margin_batch
 
 
 @pytest.mark.parametrize(("norm", "dual"), [("linf", 1), ("l2", 2)])

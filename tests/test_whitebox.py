@@ -33,7 +33,7 @@ from advlab.attacks import (
 )
 from advlab.errors import ConfigError, InputError
 
-from .conftest import LinearBinary
+from .conftest import LinearBinary, linear_margin_batch
 
 UNBOUNDED = math.inf
 jsma_module = sys.modules["advlab.attacks.jsma"]
@@ -63,17 +63,8 @@ def mlp_batch() -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
     return m, x, y, runner_up
 
 
-def linear_batch(
-    model: LinearBinary, n: int = 10
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Inputs near 0.5 with margins |f| in [0.2, 1], so that the box never binds."""
-    g = torch.Generator().manual_seed(0)
-    w = model.w.detach()
-    x = 0.5 + 0.02 * torch.randn(n, 64, generator=g)
-    f = x @ w + model.b.detach()
-    want = torch.sign(f) * (0.2 + 0.8 * torch.rand(n, generator=g))
-    x = x + ((want - f) / (w @ w))[:, None] * w
-    return x.view(n, 1, 8, 8), (want > 0).long(), want.abs()
+def linear_batch(model: LinearBinary, n: int = 10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return linear_margin_batch(model, n)
 
 
 # ----------------------------------------------------------------------------------- DeepFool
