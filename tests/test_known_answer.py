@@ -19,7 +19,9 @@ margin_batch = linear_margin_batch
 
 
 @pytest.mark.parametrize(("norm", "dual"), [("linf", 1), ("l2", 2)])
-def test_pgd_hits_the_closed_form_boundary(linear_binary: LinearBinary, norm: str, dual: int) -> None:
+def test_pgd_hits_the_closed_form_boundary(
+    linear_binary: LinearBinary, norm: str, dual: int
+) -> None:
     x, y, f = margin_batch(linear_binary)
     w = linear_binary.w.detach()
     eps_star = f / w.norm(p=dual)
@@ -56,3 +58,17 @@ def test_pgd_l1_reaches_the_boundary(linear_binary: LinearBinary) -> None:
         res = pgd(linear_binary, xi, yi, ThreatModel("l1", e * 1.01), steps=100, l1_sparsity=0.99)
         assert bool(res.success), (i, e)
         assert not bool(pgd(linear_binary, xi, yi, ThreatModel("l1", e * 0.99), steps=100).success)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-10, 1e-16, 1e-30])
+def test_l2_step_has_full_length_for_tiny_gradients(scale: float) -> None:
+    """A saturated cross-entropy gives gradients of ~1e-16; the L2 step must keep its length."""
+    from advlab.attacks.gradient import steepest_step
+
+    g = scale * torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    x = torch.full_like(g, 0.5)
+    d = steepest_step(g, x, ThreatModel("l2", 1.0), 0.95)
+    assert torch.allclose(d.flatten(1).norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.equal(
+        steepest_step(torch.zeros_like(g), x, ThreatModel("l2", 1.0), 0.95), torch.zeros_like(g)
+    )

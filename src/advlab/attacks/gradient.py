@@ -49,6 +49,10 @@ def steepest_step(g: Tensor, x: Tensor, threat: ThreatModel, l1_sparsity: float)
     if threat.norm == "linf":
         return g.sign()
     if threat.norm == "l2":
+        # Gradients of a saturated cross-entropy can be ~1e-16: rescale by the largest entry
+        # first, so that no norm floor shortens the step (an all-zero gradient stays zero).
+        flat = g.reshape(g.shape[0], -1)
+        g = g / _bcast(flat.abs().amax(dim=1).clamp(min=torch.finfo(g.dtype).tiny), g)
         n = g.reshape(g.shape[0], -1).norm(dim=1).clamp(min=1e-12)
         return g / _bcast(n, g)
     # l1: sparse steepest descent
@@ -112,14 +116,18 @@ def fgsm(
     params = {"loss": loss, "l1_sparsity": l1_sparsity}
     queries = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     if threat.eps == 0:
-        return finalize(model, x, y, x, threat, attack="fgsm", params=params, queries=queries, target=target)
+        return finalize(
+            model, x, y, x, threat, attack="fgsm", params=params, queries=queries, target=target
+        )
     x0 = x.detach().clone().requires_grad_(True)
     logits = model(x0)
     check_logits(logits, x.shape[0], y)
     obj = attack_loss(logits, y, target, loss).sum()
     (g,) = torch.autograd.grad(obj, x0)
     x_adv = x + threat.eps * steepest_step(g, x, threat, l1_sparsity)
-    return finalize(model, x, y, x_adv, threat, attack="fgsm", params=params, queries=queries + 1, target=target)
+    return finalize(
+        model, x, y, x_adv, threat, attack="fgsm", params=params, queries=queries + 1, target=target
+    )
 
 
 @register_attack("pgd", norms=("linf", "l2", "l1"))
@@ -186,7 +194,9 @@ def pgd(
     b = x.shape[0]
     queries = torch.zeros(b, dtype=torch.long, device=x.device)
     if threat.eps == 0:
-        return finalize(model, x, y, x, threat, attack="pgd", params=params, queries=queries, target=target)
+        return finalize(
+            model, x, y, x, threat, attack="pgd", params=params, queries=queries, target=target
+        )
     check_positive(step_size=step_size)
     if not math.isfinite(step_size):
         raise ConfigError(f"step_size must be finite, got {step_size!r}")
@@ -217,7 +227,9 @@ def pgd(
             if last:
                 break
             (g,) = torch.autograd.grad(attack_loss(logits, ys, ts, loss).sum(), xr)
-            xr = threat.project(xr.detach() + step_size * steepest_step(g, xr, threat, l1_sparsity), xs)
+            xr = threat.project(
+                xr.detach() + step_size * steepest_step(g, xr, threat, l1_sparsity), xs
+            )
             if early_stop:
                 keep = score <= 0
                 if not bool(keep.all()):
@@ -225,4 +237,6 @@ def pgd(
                     ts = ts[keep] if ts is not None else None
                     if idx.numel() == 0:
                         break
-    return finalize(model, x, y, best, threat, attack="pgd", params=params, queries=queries, target=target)
+    return finalize(
+        model, x, y, best, threat, attack="pgd", params=params, queries=queries, target=target
+    )
