@@ -38,7 +38,9 @@ def main() -> None:
     rob = float(torch.cat(robust).float().mean())
     print(f"model: {info['source']} (cached={info.get('cached')}, {t_model:.0f} s to obtain)")
     print(f"clean accuracy, mnist5k test (n={len(y)}): {acc:.2%}   target >= 96%")
-    print(f"robust accuracy, PGD-40 linf eps=0.3:     {rob:.2%}   target <= 1%   ({t_attack:.0f} s)")
+    print(
+        f"robust accuracy, PGD-40 linf eps=0.3:     {rob:.2%}   target <= 1%   ({t_attack:.0f} s)"
+    )
 
 
 if __name__ == "__main__":
