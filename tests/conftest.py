@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 from torch import nn
@@ -77,3 +79,13 @@ def linear_margin_batch(
     want = torch.sign(f) * (0.2 + 0.8 * torch.rand(n, generator=g))
     x = x + ((want - f) / (w @ w))[:, None] * w  # shift along w to the wanted margin
     return x.view(n, 1, 8, 8), (want > 0).long(), want.abs()
+
+
+@dataclass(frozen=True)
+class Toy:
+    """Duck-typed dataset (name, x, y, num_classes), as evaluation and training accept."""
+
+    name: str
+    x: torch.Tensor
+    y: torch.Tensor
+    num_classes: int

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from advlab.registry import ATTACKS
 from advlab.store import RunStore
 from advlab.threat import ATOL, RTOL
 
-from .conftest import make_cnn
+from .conftest import Toy, make_cnn
 
 # -- Wilson interval -----------------------------------------------------------------------------
 
@@ -76,14 +75,6 @@ def test_wilson_contains_the_estimate_and_is_symmetric(n: int, data: st.DataObje
 # -- the engine ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Toy:
-    """Duck-typed dataset: name, x, y, num_classes."""
-
-    name: str
-    x: Tensor
-    y: Tensor
-    num_classes: int
 
 
 class Counting(nn.Module):

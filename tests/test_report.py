@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +22,7 @@ from advlab.report import (
 )
 from advlab.report.html import fmt_num, fmt_pct
 
-from .conftest import make_cnn
-
-
-@dataclass(frozen=True)
-class Toy:
-    name: str
-    x: Tensor
-    y: Tensor
-    num_classes: int
+from .conftest import Toy, make_cnn
 
 
 def _toy(x: Tensor, model: nn.Module) -> Toy:

@@ -27,6 +27,7 @@ from advlab.data import Dataset, load_dataset
 from advlab.defenses import TrainConfig, evaluate_accuracy, train
 from advlab.errors import ConfigError, InputError
 from advlab.evaluate import AttackConfig, Evaluation, evaluate
+from advlab.evaluate.engine import attack_parameters
 from advlab.models import build_model, load_model, save_model
 from advlab.paths import cache_dir
 from advlab.registry import MODELS
@@ -108,7 +109,7 @@ class AuditConfig:
         out = []
         for a in self.attacks:
             spec = get_attack(a)
-            params = {"steps": self.steps} if "steps" in spec.fn.__code__.co_varnames else {}
+            params = {"steps": self.steps} if "steps" in (attack_parameters(spec) or ()) else {}
             out.append(AttackConfig(a, params))
         return out
 
