@@ -278,3 +278,17 @@ def test_wrong_norm_is_rejected(linear_binary: LinearBinary) -> None:
     x, y, _ = _linear_batch(linear_binary)
     with pytest.raises(ConfigError):
         get_attack("cw-l2")(linear_binary, x, y, ThreatModel("linf", INF))
+
+
+def test_cw_l2_abandons_a_value_of_c_that_stalls_without_success(
+    linear_binary: LinearBinary,
+) -> None:
+    x, y, _ = _linear_batch(linear_binary)
+    steps = 1000
+    common = {"c_init": 1e-6, "binary_search_steps": 1, "steps": steps}
+    res = cw_l2(linear_binary, x, y, ThreatModel("l2", INF), **common)
+    assert not res.success.any()
+    assert (res.queries < steps // 2).all(), res.queries
+    full = cw_l2(linear_binary, x, y, ThreatModel("l2", INF), abort_early=False, **common)
+    assert (full.queries == steps + 1).all()
+    assert not full.success.any()

@@ -32,19 +32,29 @@ trap a pixel that stepped there).
 (about ``lr`` per step in ``w``) needs hundreds of steps before they move, so the reference's
 abort rule ends each binary-search step early on binarized images. Two choices avoid this:
 
-* ``d = 1e-2`` (:data:`TANH_SHRINK`), where ``tanh'(w0) ~ 2e-2``; thanks to ``r`` this costs no
-  reach.
+* A larger shrink ``d`` (:data:`TANH_SHRINK`: 0.2 for cw-l2, 1e-2 for cw-linf and cw-l0), where
+  ``tanh'(w0) = d (2 - d)``; thanks to ``r`` this costs no reach. Features with ``|z| > 1 - d``
+  (pixels within ``d / 2`` of the range from an edge) start from ``w0 = atanh(+-(1 - d))``.
 * The ``"sgd"`` and ``"momentum"`` solvers divide the ``w``-gradient by ``tanh'(w)`` (a diagonal
   preconditioner that undoes the squashing): every coordinate of ``w`` moves as it would at the
-  centre of the box, where the step is plain gradient descent in ``w``. Adam needs no such help:
-  it normalizes each coordinate itself.
+  centre of the box, where the step is plain gradient descent in ``w``. Adam normalizes each
+  coordinate itself, but its ``x``-step is still ``~ lr * half * tanh'(w)``, so ``d`` sets how fast
+  a background pixel can move.
 
-Measured on 32 MNIST test digits against a small CNN (96% accurate; 6 binary-search steps of
-1000 iterations), mean L2 of the successes (all succeed): Adam 1.657, momentum 1.675, sgd 1.762
-(with ``d = 1e-6``: 1.666, 1.708, 2.074). On the same digits binarized (300 iterations) all three
-solvers succeed on every digit (L2 1.883, 1.890, 2.163), while Adam with ``d = 1e-6`` succeeds on
-none; on random binary images where the preconditioned sgd and momentum succeed on all,
-unpreconditioned steps succeed on 1/8 and 0/8 (tests/test_cw.py).
+Measured with ``d = 1e-2`` on 32 MNIST test digits against a small CNN (96% accurate; 6
+binary-search steps of 1000 iterations), mean L2 of the successes (all succeed): Adam 1.657,
+momentum 1.675, sgd 1.762 (with ``d = 1e-6``: 1.666, 1.708, 2.074). On the same digits binarized
+(300 iterations) all three solvers succeed on every digit (L2 1.883, 1.890, 2.163), while Adam
+with ``d = 1e-6`` succeeds on none; on random binary images where the preconditioned sgd and
+momentum succeed on all, unpreconditioned steps succeed on 1/8 and 0/8 (tests/test_cw.py).
+
+For cw-l2 at small budgets ``d = 0.2`` is faster and stronger still. On ``papernot-mnist``
+(full MNIST), first 100 correctly classified test digits, untargeted, 5 binary-search steps of
+100 iterations from ``c = 0.01``, ``lr = 0.1``: ``d = 1e-2`` gives mean L2 1.300 with 245 model
+passes per digit, ``d = 0.2`` gives 1.291 with 184 (``d = 0.5``: 1.304 with 163), all with
+``abort_early``. Targeted at all
+9 other classes of the first 20 digits (6 x 200 iterations, ``lr = 0.01``): ``d = 1e-2`` succeeds
+on 96.7% of the pairs (mean L2 2.10) and ``d = 0.2`` on all of them (mean L2 1.98).
 
 Reference:
     Carlini & Wagner 2017, "Towards Evaluating the Robustness of Neural Networks", IEEE S&P;
@@ -72,8 +82,9 @@ from advlab.results import AttackResult
 from advlab.threat import ThreatModel
 
 SOLVERS = ("adam", "sgd", "momentum")
-#: Shrink ``d`` of the tanh change of variables at the box edge (reference: 1e-6; see above).
-TANH_SHRINK = 1e-2
+#: Shrink ``d`` of the tanh change of variables at the box edge, per attack (reference: 1e-6 for
+#: all three; see the module docstring).
+TANH_SHRINK = {"cw-l2": 0.2, "cw-linf": 1e-2, "cw-l0": 1e-2}
 #: Abort rule of the reference L2 attack: stop when the loss fell by less than this fraction.
 _ABORT_RTOL = 1e-4
 #: Upper end of the binary search over ``c`` before any success (reference: ``1e10``).
@@ -114,11 +125,11 @@ def _succeeds(m: Tensor, confidence: float) -> Tensor:
 class _Space:
     """The tanh change of variables for one batch (see the module docstring)."""
 
-    def __init__(self, x: Tensor, threat: ThreatModel) -> None:
+    def __init__(self, x: Tensor, threat: ThreatModel, shrink: float) -> None:
         self.lower, self.upper = threat.lower, threat.upper
         self.half = (threat.upper - threat.lower) / 2
         z = (x - threat.lower) / self.half - 1
-        self.w0 = torch.atanh(z.clamp(-1 + TANH_SHRINK, 1 - TANH_SHRINK))
+        self.w0 = torch.atanh(z.clamp(-1 + shrink, 1 - shrink))
         self.t0 = torch.tanh(self.w0)
         # slopes (relative to half) that map tanh = +-1 exactly onto the box edges; 1 inside
         self.r_up = (threat.upper - x) / (self.half * (1 - self.t0))
@@ -245,7 +256,12 @@ def cw_l2(
             pixels on the box edge move; module docstring).
         momentum: momentum coefficient of the ``"momentum"`` solver.
         abort_early: per sample and binary-search step, stop when the loss has not fallen by
-            0.01% over the last ``steps // 10`` iterations (the reference's rule, per sample).
+            0.01% over the last ``steps // 10`` iterations (the reference's rule, per sample), or
+            when the sample has not succeeded in this step and its best margin did not rise over
+            those iterations (a stationary failure: more iterations at this ``c`` cannot help;
+            the reference's rule rarely fires there because Adam keeps the loss creeping down).
+            On the 100 digits of the module docstring the second rule saves 25% of the model
+            passes (247 -> 184 per digit) and changes the mean L2 by 0.03% (1.2902 -> 1.2906).
         generator: unused (the attack is deterministic); accepted for a uniform signature.
 
     Shape:
@@ -280,7 +296,7 @@ def cw_l2(
         return finalize(
             model, x, y, x, threat, attack="cw-l2", params=params, queries=queries, target=target
         )
-    space = _Space(x, threat)
+    space = _Space(x, threat, TANH_SHRINK["cw-l2"])
     best, best_d = x.clone(), torch.full((b,), math.inf, device=dev, dtype=dt)
     best_d[_start(model, x, y, target, confidence)] = 0.0
     todo = torch.nonzero(best_d > 0).squeeze(1)
@@ -299,6 +315,8 @@ def cw_l2(
         ts = target[idx] if target is not None else None
         cs = c[idx].to(dt)
         prev = torch.full_like(cs, math.inf)
+        m_top = torch.full_like(cs, -math.inf)  # best margin of this step, per sample
+        m_top_prev = m_top
         opt = _Solver(solver, lr, momentum, w)
         for it in range(steps):
             x_adv, u = space.point(w, xs, t0, space.half, idx)
@@ -311,6 +329,7 @@ def cw_l2(
             with torch.no_grad():
                 ok = _succeeds(m, confidence)
                 found[idx] |= ok
+                m_top = torch.maximum(m_top, m)
                 better = ok & (d < best_d[idx])
                 best_d[idx] = torch.where(better, d, best_d[idx])
                 best[idx] = torch.where(_bcast(better, xs), x_adv.detach(), best[idx])
@@ -318,9 +337,13 @@ def cw_l2(
             if abort_early and every > 0 and it % every == 0:
                 ld = loss.detach()
                 keep = ld <= prev * (1 - _ABORT_RTOL)
-                prev = ld
+                # stationary without success: the best margin did not rise over the window
+                keep &= found[idx] | (m_top > m_top_prev)
+                prev, m_top_prev = ld, m_top
                 if not bool(keep.all()):
-                    idx, xs, ys, t0, w, cs, prev = (t[keep] for t in (idx, xs, ys, t0, w, cs, prev))
+                    idx, xs, ys, t0, w, cs, prev, m_top, m_top_prev = (
+                        t[keep] for t in (idx, xs, ys, t0, w, cs, prev, m_top, m_top_prev)
+                    )
                     ts = ts[keep] if ts is not None else None
                     opt.keep(keep)
                     if idx.numel() == 0:
@@ -549,7 +572,7 @@ def cw_linf(
             model, x, y, x, threat, attack="cw-linf", params=params, queries=queries, target=target
         )
     span = threat.upper - threat.lower
-    space = _Space(x, threat)
+    space = _Space(x, threat, TANH_SHRINK["cw-linf"])
     best, best_s = x.clone(), torch.full((b,), math.inf, device=dev, dtype=dt)
     adv0 = _start(model, x, y, target, confidence)
     best_s[adv0] = 0.0
@@ -672,7 +695,7 @@ def cw_l0(
     if threat.eps == 0:
         return done(x)
     span = threat.upper - threat.lower
-    space = _Space(x, threat)
+    space = _Space(x, threat, TANH_SHRINK["cw-l0"])
     best, best_s = x.clone(), torch.full((b,), math.inf, device=dev, dtype=dt)
     adv0 = _start(model, x, y, target, confidence)
     best_s[adv0] = 0.0
