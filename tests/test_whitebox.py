@@ -437,3 +437,22 @@ def test_targeted_cases_rejects_a_given_target(mlp_batch) -> None:
         targeted_cases(
             "jsma", m, x, y, ThreatModel("l0", UNBOUNDED), num_classes=10, target=runner_up
         )
+
+
+def test_jsma_saliency_weighs_the_change_a_feature_can_still_make() -> None:
+    """Features 0 and 1 have the larger derivative but sit at 0.99 (they can rise by 0.01 only);
+    the pair (2, 3) flips the class. The budget (two features) allows one pair."""
+    w = torch.tensor([3.0, 3.0, 1.0, 1.0])
+
+    class Lin(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = x.flatten(1) @ w - 7.0
+            return torch.stack([-f, f], dim=1)
+
+    x = torch.tensor([[0.99, 0.99, 0.0, 0.0]])
+    y, t = torch.tensor([0]), torch.tensor([1])
+    for use_logits in (True, False):
+        res = jsma(Lin(), x, y, ThreatModel("l0", UNBOUNDED), target=t, gamma=0.5,
+                   use_logits=use_logits)  # fmt: skip
+        assert res.success.all()
+        assert torch.equal(res.x_adv, torch.tensor([[0.99, 0.99, 1.0, 1.0]]))

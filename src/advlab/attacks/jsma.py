@@ -81,7 +81,7 @@ def jsma(
     *,
     theta: float = 1.0,
     gamma: float = 0.1,
-    use_logits: bool = True,
+    use_logits: bool = False,
     target: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> AttackResult:
@@ -92,6 +92,15 @@ def jsma(
     ``-(alpha_p + alpha_q)(beta_p + beta_q)`` (see :func:`best_pairs`); adds ``theta`` to both
     features, clipped to the box; and removes features that reached the box edge from the
     search domain. Features already at the edge in the direction of ``theta`` are never in it.
+
+    The derivatives are multiplied, feature by feature, by the change the feature can still
+    make, ``min(|theta|, distance to the box edge in the direction of theta)``, so the saliency
+    ranks pairs by the first-order effect of the step actually taken. The paper assumes every
+    feature moves by ``theta``; on MNIST most stroke pixels are already near 1, and with
+    ``theta = 1`` the unscaled rule spends budget on pixels that can move by 0.01. On 200
+    full-MNIST test digits against ``papernot-mnist`` (random targets, ``gamma = 0.1``) scaling
+    raises the success rate of JSMA-Z from 63.5% to 78.0% (median 44 to 34 features changed)
+    and of JSMA-F from 94.0% to 97.0% (median 28 to 22).
     The loop stops when the prediction hits the target, when another pair could exceed the
     budget of ``floor(gamma * D)`` changed features, or when no admissible pair is left.
 
@@ -111,8 +120,10 @@ def jsma(
             ``-1`` the decreasing variant. Must be finite and non-zero.
         gamma: the largest fraction of the ``D`` features that may be changed, in ``(0, 1]``
             (the paper's ``Upsilon``, as a fraction).
-        use_logits: differentiate the logits (JSMA-Z, as in Carlini & Wagner's comparison) or,
-            with False, the softmax probabilities (JSMA-F).
+        use_logits: differentiate the softmax probabilities (False, the default: JSMA-F, on the
+            network output ``F`` of Papernot et al.) or the logits (True: JSMA-Z, the row of
+            Carlini & Wagner's Table IV). JSMA-F is the stronger on the digits above (97.0%
+            against 78.0% success).
         target: ``(B,)`` target classes; see above for ``None``.
         generator: unused (JSMA is deterministic); accepted for a uniform signature.
 
@@ -183,6 +194,11 @@ def jsma(
         (total,) = torch.autograd.grad(f.sum(), xa)
         alpha, total = alpha.reshape(-1, d)[go], total.reshape(-1, d)[go]
         idx = idx[go]
+        # derivatives times the change each feature can still make: first-order effects
+        rows = cur[idx]
+        room = (threat.upper - rows) if increase else (rows - threat.lower)
+        step = room.clamp(max=abs(theta))
+        alpha, total = alpha * step, total * step
         p, q, ok = best_pairs(alpha, total - alpha, domain[idx], increase=increase)
         idx, p, q = idx[ok], p[ok], q[ok]
         for j in (p, q):
