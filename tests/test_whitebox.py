@@ -80,7 +80,7 @@ def test_deepfool_finds_the_closed_form_minimum_on_a_linear_model(
     x, y, f = linear_batch(linear_binary)
     w = linear_binary.w.detach()
     eta = 1e-4
-    res = deepfool(linear_binary, x, y, ThreatModel(norm, UNBOUNDED), overshoot=eta)
+    res = deepfool(linear_binary, x, y, ThreatModel(norm, UNBOUNDED), overshoot=eta, refine=0)
     assert res.success.all()
     delta = (res.x_adv - x).flatten(1)
     assert float(res.x_adv.min()) > 0.0 and float(res.x_adv.max()) < 1.0  # box never binds
@@ -115,11 +115,37 @@ def test_deepfool_fools_every_sample_of_a_cnn_inside_the_box(
 def test_deepfool_overshoot_acts_on_the_total(linear_binary: LinearBinary) -> None:
     # Doubling the overshoot scales the whole perturbation by (1 + 2 eta) / (1 + eta).
     x, y, _ = linear_batch(linear_binary)
-    a = deepfool(linear_binary, x, y, ThreatModel("l2", UNBOUNDED), overshoot=0.1)
-    b = deepfool(linear_binary, x, y, ThreatModel("l2", UNBOUNDED), overshoot=0.2)
+    a = deepfool(linear_binary, x, y, ThreatModel("l2", UNBOUNDED), overshoot=0.1, refine=0)
+    b = deepfool(linear_binary, x, y, ThreatModel("l2", UNBOUNDED), overshoot=0.2, refine=0)
     torch.testing.assert_close(
         b.norms / a.norms, torch.full_like(a.norms, 1.2 / 1.1), rtol=1e-3, atol=0
     )
+
+
+def test_deepfool_refine_keeps_the_least_overshoot_that_still_flips(
+    linear_binary: LinearBinary,
+) -> None:
+    # On a linear model one step lands on the boundary (up to round-off), so the least overshoot
+    # of 0.2 * j / 4 that flips is j = 1 (or j = 0 where round-off already crossed): at most
+    # 1.05 times the minimal distance instead of the paper's 1.2.
+    x, y, f = linear_batch(linear_binary)
+    exact = f.abs() / linear_binary.w.detach().norm()
+    res = deepfool(linear_binary, x, y, ThreatModel("l2", UNBOUNDED), overshoot=0.2, refine=4)
+    assert res.success.all()
+    ratio = res.norms / exact
+    assert (ratio <= 1.05 + 1e-4).all() and (ratio >= 1 - 1e-4).all(), ratio
+
+
+def test_deepfool_refine_never_lengthens_the_perturbation(cnn: nn.Module, batch) -> None:
+    x, _ = batch
+    with torch.no_grad():
+        y = cnn(x).argmax(dim=1)
+    tm = ThreatModel("l2", UNBOUNDED)
+    plain = deepfool(cnn, x, y, tm, overshoot=0.1, refine=0)
+    refined = deepfool(cnn, x, y, tm, overshoot=0.1, refine=5)
+    assert torch.equal(refined.success, plain.success)
+    assert (refined.norms <= plain.norms + 1e-6).all()
+    assert float(refined.norms.sum()) < float(plain.norms.sum())
 
 
 def test_deepfool_skips_samples_already_misclassified(cnn: nn.Module, batch) -> None:
@@ -143,6 +169,8 @@ def test_deepfool_bad_parameters(cnn: nn.Module, batch) -> None:
         deepfool(cnn, x, y, tm, overshoot=math.nan)
     with pytest.raises(ConfigError, match="candidates"):
         deepfool(cnn, x, y, tm, candidates=0)
+    with pytest.raises(ConfigError, match="refine"):
+        deepfool(cnn, x, y, tm, refine=-1)
     with pytest.raises(ConfigError, match="untargeted"):
         deepfool(cnn, x, y, tm, target=(y + 1) % 10)
     with pytest.raises(ConfigError, match="l2 and linf"):
