@@ -31,6 +31,10 @@ Sections (``--only``):
   stops working on a sample once it is misclassified.
 * ``jsma``: JSMA, theta 1, gamma 0.1, targeted at random classes (the same for every library;
   foolbox 3 has no JSMA). The norm columns count the features changed (exact comparison).
+  advlab runs its default JSMA-F (saliency on the softmax) and, as ``advlab[Z]``, JSMA-Z (on
+  the logits); torchattacks and ART differentiate whatever the model outputs, so they run on the
+  logits model and, as ``[softmax]``, on the model with a softmax appended. Ratios are taken
+  against advlab's default row.
 
 Columns: ``n`` is the number of images the row ran on (``--limit``); ``success`` is the attack
 success rate (``rob.acc`` for PGD: the fraction of images still classified correctly);
@@ -184,9 +188,12 @@ class Adapter:
 class Advlab(Adapter):
     name = "advlab"
 
-    def __init__(self, model: nn.Module, early_stop: bool = True) -> None:
+    def __init__(
+        self, model: nn.Module, early_stop: bool = True, jsma_logits: bool = False
+    ) -> None:
         super().__init__(model)
         self.early_stop = early_stop
+        self.jsma_logits = jsma_logits
 
     def cw(self, x: Tensor, y: Tensor, *, lr: float, c: float, a: argparse.Namespace) -> Tensor:
         res = get_attack("cw-l2")(
@@ -214,7 +221,7 @@ class Advlab(Adapter):
     def jsma(self, x: Tensor, y: Tensor, target: Tensor, *, a: argparse.Namespace) -> Tensor:
         res = get_attack("jsma")(
             self.model, x, y, ThreatModel("l0", math.inf),
-            theta=a.theta, gamma=a.gamma, target=target,
+            theta=a.theta, gamma=a.gamma, target=target, use_logits=self.jsma_logits,
         )  # fmt: skip
         return res.x_adv
 
@@ -438,6 +445,17 @@ def run_section(
     runs: list[tuple[str, Adapter]] = list(adapters.items())
     if sec.startswith("pgd") and "advlab" in adapters:
         runs.insert(1, ("advlab[no-es]", Advlab(model, early_stop=False)))
+    if sec == "jsma":
+        # advlab's default is JSMA-F (softmax); the libraries differentiate the model's output,
+        # so each also runs on the model with a softmax appended (its JSMA-F).
+        if "advlab" in adapters:
+            runs.insert(1, ("advlab[Z]", Advlab(model, jsma_logits=True)))
+        soft = nn.Sequential(model, nn.Softmax(dim=1)).eval()
+        shape, classes = tuple(x.shape[1:]), int(y.max()) + 1
+        for lib in ("torchattacks", "art"):
+            if lib in adapters:
+                variant, _ = make_adapters([lib], soft, shape, max(classes, 10))
+                runs.append((f"{lib}[softmax]", variant[lib]))
     budget = math.floor(a.gamma * x[0].numel())
     for label, ad in runs:
         row: dict[str, Any] = {"attack": sec, "library": label}
@@ -511,13 +529,13 @@ def fmt(v: Any, spec: str) -> str:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    head = (f"{'attack':9s} {'library':14s} {'n':>4s} {'metric':8s} {'value':>6s} {'median':>8s} "
+    head = (f"{'attack':9s} {'library':21s} {'n':>4s} {'metric':8s} {'value':>6s} {'median':>8s} "
             f"{'mean':>8s} {'time s':>8s} {'t_adv/t_lib':>11s} {'n_adv/n_lib':>11s}  notes")  # fmt: skip
     print("\n" + head)
     print("-" * len(head))
     for r in rows:
         if r.get("unsupported"):
-            print(f"{r['attack']:9s} {r['library']:14s} (not available in this library)")
+            print(f"{r['attack']:9s} {r['library']:21s} (not available in this library)")
             continue
         pgd = r["attack"].startswith("pgd")
         metric = "rob.acc" if pgd else "success"
@@ -530,7 +548,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         mean = None if pgd else r["mean"]
         nr = None if pgd else r.get("norm_ratio")
         spec = ".1f" if r["attack"] == "jsma" else ".4f"
-        print(f"{r['attack']:9s} {r['library']:14s} {r['n']:4d} {metric:8s} {value:6.3f} "
+        print(f"{r['attack']:9s} {r['library']:21s} {r['n']:4d} {metric:8s} {value:6.3f} "
               f"{fmt(med, '8' + spec)} {fmt(mean, '8' + spec)} {r['time_s']:8.2f} "
               f"{fmt(r.get('time_ratio'), '11.3f')} {fmt(nr, '11.3f')}  {'; '.join(notes)}")  # fmt: skip
     print(

@@ -202,7 +202,9 @@ class ThreatModel:
           scaled to a radius drawn uniformly from ``[0, eps]``, then projected onto the box.
           A *volume*-uniform draw would put almost every start on the sphere (the radius of a
           uniform point in a d-dimensional ball has density ~ r^(d-1)); a uniform radius spreads
-          the starts through the ball instead.
+          the starts through the ball instead. On MNIST PGD-L2 (eps 2, 40 steps) the uniform
+          radius leaves 11.5% robust accuracy against 13.1% for the volume draw
+          (``bench/l2_random_start.py``; docs/threat-model.md).
         """
         if not self.bounded:
             raise ConfigError("a random start needs a finite eps; set eps or random_start=False")
