@@ -13,7 +13,9 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Keep every test's store and cache out of the user's home."""
     root = tmp_path_factory.mktemp("advlab-home")
     monkeypatch.setenv("ADVLAB_HOME", str(root / "home"))

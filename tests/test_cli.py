@@ -44,7 +44,9 @@ def digits_model(tmp_path: Path) -> Path:
                       arch_kwargs={"num_classes": 10, "in_shape": [1, 8, 8]}, dataset="digits")  # fmt: skip
 
 
-def test_audit_end_to_end_with_a_user_model(runner: CliRunner, digits_model: Path, tmp_path: Path) -> None:
+def test_audit_end_to_end_with_a_user_model(
+    runner: CliRunner, digits_model: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     store = tmp_path / "runs.sqlite"
     args = ["audit", "--model", str(digits_model), "--data", "digits", "-n", "40",
@@ -63,7 +65,9 @@ def test_audit_end_to_end_with_a_user_model(runner: CliRunner, digits_model: Pat
     assert shown.exit_code == 0 and "pgd" in shown.output
 
 
-def test_bad_input_errors_are_one_line(runner: CliRunner, digits_model: Path, tmp_path: Path) -> None:
+def test_bad_input_errors_are_one_line(
+    runner: CliRunner, digits_model: Path, tmp_path: Path
+) -> None:
     base = ["audit", "--model", str(digits_model), "--data", "digits", "-n", "10",
             "--out", str(tmp_path / "o"), "--store", str(tmp_path / "s.sqlite")]  # fmt: skip
     one_line_error(runner.invoke(cli, [*base, "--eps", "-0.1"]), "eps must be >= 0")

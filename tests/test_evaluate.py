@@ -75,8 +75,6 @@ def test_wilson_contains_the_estimate_and_is_symmetric(n: int, data: st.DataObje
 # -- the engine ----------------------------------------------------------------------------------
 
 
-
-
 class Counting(nn.Module):
     """Counts forward passes, so a test can tell whether work was redone."""
 

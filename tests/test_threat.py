@@ -70,7 +70,9 @@ def test_l1_box_projection_is_the_nearest_point(eps: float, seed: int) -> None:
     base = float((d - v).norm())
     tm = ThreatModel("l1", eps)
     for _ in range(50):
-        other = tm.project(x + d + 0.05 * torch.randn(1, 12, generator=g, dtype=torch.float64), x) - x
+        other = (
+            tm.project(x + d + 0.05 * torch.randn(1, 12, generator=g, dtype=torch.float64), x) - x
+        )
         assert float((other - v).norm()) >= base - 1e-6
 
 

@@ -63,7 +63,9 @@ def mlp_batch() -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
     return m, x, y, runner_up
 
 
-def linear_batch(model: LinearBinary, n: int = 10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def linear_batch(
+    model: LinearBinary, n: int = 10
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return linear_margin_batch(model, n)
 
 

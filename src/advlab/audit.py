@@ -160,7 +160,9 @@ def prepare_model(
     )
     _emit(progress, stage="model", message=f"training {cfg.model} on {cfg.data} (cached after)")
     train_cfg = TrainConfig(**tcfg)
-    train(model, data_train, train_cfg, checkpoint_path=stem.with_suffix(".ckpt"), progress=progress)
+    train(
+        model, data_train, train_cfg, checkpoint_path=stem.with_suffix(".ckpt"), progress=progress
+    )
     model.eval()
     acc = evaluate_accuracy(model, data_test, batch_size=cfg.batch_size)
     save_model(

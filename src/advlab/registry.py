@@ -49,7 +49,9 @@ class Registry(Generic[T]):
     def add(self, name: str, obj: T, *, description: str) -> None:
         """Register ``obj`` under ``name`` (see :meth:`register`)."""
         if not name or name != name.strip().lower():
-            raise ValueError(f"{self.kind} names must be non-empty lower-case strings, got {name!r}")
+            raise ValueError(
+                f"{self.kind} names must be non-empty lower-case strings, got {name!r}"
+            )
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._entries[name] = Entry(name, obj, description.strip().splitlines()[0])

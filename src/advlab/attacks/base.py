@@ -42,7 +42,9 @@ class AttackSpec:
     minimal: bool
     description: str
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, **kw: Any) -> AttackResult:
+    def __call__(
+        self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, **kw: Any
+    ) -> AttackResult:
         if threat.norm not in self.norms:
             raise ConfigError(
                 f"attack {self.name!r} supports norms {', '.join(self.norms)}, not {threat.norm!r}"
@@ -208,7 +210,9 @@ def finalize(
     )
 
 
-def check_model(model: nn.Module, x: Tensor, y: Tensor | None = None, num_classes: int | None = None) -> None:
+def check_model(
+    model: nn.Module, x: Tensor, y: Tensor | None = None, num_classes: int | None = None
+) -> None:
     """Probe ``model`` on the first two samples of ``x``: it must run and return valid logits.
 
     Raises:

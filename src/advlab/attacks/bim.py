@@ -32,7 +32,9 @@ def kurakin_steps(threat: ThreatModel) -> int:
     ``e = 76.8`` and 81 steps; never fewer than 1.
     """
     e = threat.eps * LEVELS / (threat.upper - threat.lower)
-    return max(1, math.ceil(min(e + 4, 1.25 * e) - 1e-9))  # guard against round-off just above an integer
+    return max(
+        1, math.ceil(min(e + 4, 1.25 * e) - 1e-9)
+    )  # guard against round-off just above an integer
 
 
 @register_attack("bim", norms=("linf",))

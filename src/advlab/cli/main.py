@@ -109,23 +109,37 @@ def _store(path: str | None) -> Any:
 
 
 @cli.command()
-@click.option("--model", default="papernot-mnist", show_default=True,
-              help="Zoo name (trained and cached) or path to a saved model.")
+@click.option(
+    "--model",
+    default="papernot-mnist",
+    show_default=True,
+    help="Zoo name (trained and cached) or path to a saved model.",
+)
 @click.option("--factory", default=None, help="package.module:function building your model.")
 @click.option("--data", default="mnist5k", show_default=True, help="Dataset name or .npz path.")
 @click.option("--data-dir", default=None, help="Folder of standard datasets (else $ADVLAB_DATA).")
 @click.option("--norm", default="linf", show_default=True)
-@click.option("--eps", "eps", default="0,0.05,0.1,0.15,0.2,0.25,0.3", show_default=True,
-              help="Comma-separated eps grid.")
+@click.option(
+    "--eps",
+    "eps",
+    default="0,0.05,0.1,0.15,0.2,0.25,0.3",
+    show_default=True,
+    help="Comma-separated eps grid.",
+)
 @click.option("--attacks", default="fgsm,pgd", show_default=True)
 @click.option("--steps", default=40, show_default=True, help="Iterations of iterative attacks.")
 @click.option("-n", "--n", "n", default=1000, show_default=True, help="Test samples (0 = all).")
 @click.option("--batch-size", default=250, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--out", "out_dir", default="advlab-out", show_default=True, help="Folder for reports.")
+@click.option(
+    "--out", "out_dir", default="advlab-out", show_default=True, help="Folder for reports."
+)
 @click.option("--store", default=None, help="Run store file (default: ~/.local/share/advlab).")
-@click.option("--unsafe-allow-pickle", is_flag=True,
-              help="Allow loading pickled models. This executes code from the file.")
+@click.option(
+    "--unsafe-allow-pickle",
+    is_flag=True,
+    help="Allow loading pickled models. This executes code from the file.",
+)
 def audit(model: str, factory: str | None, data: str, data_dir: str | None, norm: str, eps: str,
           attacks: str, steps: int, n: int, batch_size: int, seed: int, out_dir: str,
           store: str | None, unsafe_allow_pickle: bool) -> None:  # fmt: skip
@@ -171,8 +185,12 @@ def audit(model: str, factory: str | None, data: str, data_dir: str | None, norm
 @click.option("--scheduler", default="none", show_default=True, help="none, cosine or step.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", default=None, help="Output path (default: <model>-<data>.safetensors).")
-@click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Continue from the checkpoint beside --out if there is one.")
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Continue from the checkpoint beside --out if there is one.",
+)
 def train_cmd(model: str, data: str, data_dir: str | None, recipe: str, epochs: int,
               batch_size: int, lr: float, optimizer: str, scheduler: str, seed: int,
               out: str | None, resume: bool) -> None:  # fmt: skip
@@ -207,7 +225,9 @@ def train_cmd(model: str, data: str, data_dir: str | None, recipe: str, epochs: 
 
 
 @cli.command("list")
-@click.argument("kind", type=click.Choice(["attacks", "models", "datasets", "recipes", "certifiers"]))
+@click.argument(
+    "kind", type=click.Choice(["attacks", "models", "datasets", "recipes", "certifiers"])
+)
 def list_cmd(kind: str) -> None:
     """List registered components with a one-line description each."""
     from advlab.registry import REGISTRIES

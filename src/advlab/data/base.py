@@ -31,7 +31,6 @@ Loader = Callable[[Path], "Splits"]
 """A registered dataset loader: ``loader(data_dir) -> Splits``."""
 
 
-
 class DatasetLike(Protocol):
     """What training and evaluation need of a dataset; :class:`Dataset` has it."""
 
@@ -46,6 +45,7 @@ class DatasetLike(Protocol):
 
     @property
     def num_classes(self) -> int: ...
+
 
 @dataclass(frozen=True, eq=False)
 class Dataset:

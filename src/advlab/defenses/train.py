@@ -51,8 +51,6 @@ CHECKPOINT_FORMAT = "advlab-train/1"
 _RESUME_FREE = ("checkpoint_every",)
 
 
-
-
 def _check_number(name: str, v: Any, ok: Callable[[float], bool], expected: str) -> None:
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not ok(v):
         raise ConfigError(f"{name} must be a finite number {expected}, got {v!r}")

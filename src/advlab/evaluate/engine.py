@@ -57,8 +57,6 @@ _ENGINE_ARGS = ("target", "generator")
 Progress = Callable[[dict[str, Any]], None]
 
 
-
-
 def attack_parameters(spec: AttackSpec) -> tuple[str, ...] | None:
     """The hyper-parameters an attack accepts by keyword, or ``None`` if it takes ``**kwargs``.
 
