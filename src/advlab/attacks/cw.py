@@ -135,20 +135,22 @@ class _Space:
         self.r_up = (threat.upper - x) / (self.half * (1 - self.t0))
         self.r_dn = (x - threat.lower) / (self.half * (1 + self.t0))
 
+    def take(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(t0, r_up, r_dn)`` of the batch rows ``rows``."""
+        return self.t0[rows], self.r_up[rows], self.r_dn[rows]
+
     def point(
-        self, w: Tensor, x: Tensor, t0: Tensor, slope: Tensor | float, rows: Tensor | None = None
+        self, w: Tensor, x: Tensor, t0: Tensor, slope: Tensor | float, r_up: Tensor, r_dn: Tensor
     ) -> tuple[Tensor, Tensor]:
         """``(x', u)``: the point in the box, and the leaf ``u`` whose gradient drives the step.
 
-        ``rows`` selects the batch rows of ``w``; ``slope`` is ``half`` (times the mask of
-        changeable pixels for L0).
+        ``t0, r_up, r_dn`` are the rows of :meth:`take` that ``w`` and ``x`` hold; ``slope`` is
+        ``half`` (times the mask of changeable pixels for L0).
         """
-        r_up = self.r_up if rows is None else self.r_up[rows]
-        r_dn = self.r_dn if rows is None else self.r_dn[rows]
         dt = torch.tanh(w) - t0
         u = (x + slope * dt).requires_grad_(True)
         with torch.no_grad():
-            x_fwd = (x + slope * dt * torch.where(dt >= 0, r_up, r_dn)).clamp(
+            x_fwd = (x + slope * dt * torch.where(dt >= 0, r_up, r_dn)).clamp_(
                 self.lower, self.upper
             )
         return u + (x_fwd - u.detach()), u  # value x_fwd, gradient straight through to u
@@ -172,11 +174,11 @@ class _Solver:
         self.t += 1
         if self.kind == "adam":
             b1, b2 = _ADAM_BETAS
-            g = g_u * slope * (1 - torch.tanh(w).pow(2))
-            self.m = b1 * self.m + (1 - b1) * g
-            self.v = b2 * self.v + (1 - b2) * g * g
+            g = g_u * slope * (1 - torch.tanh(w).square_())
+            self.m.mul_(b1).add_(g, alpha=1 - b1)
+            self.v.mul_(b2).addcmul_(g, g, value=1 - b2)
             lr_t = self.lr * math.sqrt(1 - b2**self.t) / (1 - b1**self.t)
-            return w - lr_t * self.m / (self.v.sqrt() + _ADAM_EPS)
+            return torch.addcdiv(w, self.m, self.v.sqrt().add_(_ADAM_EPS), value=-lr_t)
         g = g_u * slope
         if self.kind == "momentum":
             self.m = self.mu * self.m + g
@@ -311,7 +313,8 @@ def cw_l2(
             c = hi.clone()
         found = torch.zeros(b, dtype=torch.bool, device=dev)
         idx = todo
-        xs, ys, t0, w = x[idx], y[idx], space.t0[idx], space.w0[idx].clone()
+        xs, ys, w = x[idx], y[idx], space.w0[idx].clone()
+        t0, r_up, r_dn = space.take(idx)
         ts = target[idx] if target is not None else None
         cs = c[idx].to(dt)
         prev = torch.full_like(cs, math.inf)
@@ -319,7 +322,7 @@ def cw_l2(
         m_top_prev = m_top
         opt = _Solver(solver, lr, momentum, w)
         for it in range(steps):
-            x_adv, u = space.point(w, xs, t0, space.half, idx)
+            x_adv, u = space.point(w, xs, t0, space.half, r_up, r_dn)
             logits = model(x_adv)
             queries[idx] += 1
             d = _sqdist(x_adv, xs)
@@ -331,8 +334,10 @@ def cw_l2(
                 found[idx] |= ok
                 m_top = torch.maximum(m_top, m)
                 better = ok & (d < best_d[idx])
-                best_d[idx] = torch.where(better, d, best_d[idx])
-                best[idx] = torch.where(_bcast(better, xs), x_adv.detach(), best[idx])
+                if bool(better.any()):
+                    rows = idx[better]
+                    best_d[rows] = d[better].detach()
+                    best[rows] = x_adv.detach()[better]
                 w = opt.step(w, g, space.half)
             if abort_early and every > 0 and it % every == 0:
                 ld = loss.detach()
@@ -341,8 +346,9 @@ def cw_l2(
                 keep &= found[idx] | (m_top > m_top_prev)
                 prev, m_top_prev = ld, m_top
                 if not bool(keep.all()):
-                    idx, xs, ys, t0, w, cs, prev, m_top, m_top_prev = (
-                        t[keep] for t in (idx, xs, ys, t0, w, cs, prev, m_top, m_top_prev)
+                    idx, xs, ys, t0, r_up, r_dn, w, cs, prev, m_top, m_top_prev = (
+                        t[keep]
+                        for t in (idx, xs, ys, t0, r_up, r_dn, w, cs, prev, m_top, m_top_prev)
                     )
                     ts = ts[keep] if ts is not None else None
                     opt.keep(keep)
@@ -431,7 +437,7 @@ def _inner_solve(
             xs, gidx = x[live], idx[live]
             ts = target[live] if target is not None else None
             sl = sl_all[live] if slope is not None else _bcast(sl_all[live], xs)
-            x_adv, u = space.point(ws, xs, t0[live], sl, gidx)
+            x_adv, u = space.point(ws, xs, t0[live], sl, space.r_up[gidx], space.r_dn[gidx])
             m = margin(model(x_adv), y[live], ts)
             queries[gidx] += 1
             diff = x_adv - xs
