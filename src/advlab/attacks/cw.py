@@ -52,9 +52,9 @@ For cw-l2 at small budgets ``d = 0.2`` is faster and stronger still. On ``papern
 (full MNIST), first 100 correctly classified test digits, untargeted, 5 binary-search steps of
 100 iterations from ``c = 0.01``, ``lr = 0.1``: ``d = 1e-2`` gives mean L2 1.300 with 245 model
 passes per digit, ``d = 0.2`` gives 1.291 with 184 (``d = 0.5``: 1.304 with 163), all with
-``abort_early``. Targeted at all
-9 other classes of the first 20 digits (6 x 200 iterations, ``lr = 0.01``): ``d = 1e-2`` succeeds
-on 96.7% of the pairs (mean L2 2.10) and ``d = 0.2`` on all of them (mean L2 1.98).
+``abort_early``. Targeted at all 9 other classes of the first 20 digits (6 x 200 iterations,
+``lr = 0.01``): ``d = 1e-2`` succeeds on 96.7% of the pairs (mean L2 2.10) and ``d = 0.2`` on all
+of them (mean L2 1.98).
 
 Reference:
     Carlini & Wagner 2017, "Towards Evaluating the Robustness of Neural Networks", IEEE S&P;
