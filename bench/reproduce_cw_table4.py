@@ -37,9 +37,9 @@ Budgets (``--budget``):
   0.05 (at the reference's 0.01, 200 iterations leave the hardest targets unbroken); cw-linf blocks
   of 100 iterations from ``c = 0.01``, at most 40 rounds; cw-l0 blocks of 100 iterations; the
   eps searches stop at 0.5, FGSM on a grid of 4 levels refined to 1, IFGSM bisected to 2 levels.
-  Measured on a shared 2-core machine with ``--threads 1``: about 9 s per image for cw-l2,
-  14 s for cw-linf, about 35 s (one-image probe) for cw-l0 and under 5 s for each other row,
-  so about 1.5 to 2 hours for n = 100 (cw-l0 alone about an hour).
+  Measured at n = 100 with ``--threads 1`` while other jobs shared the 2 cores: cw-l2 633 s,
+  cw-l0 6790 s, cw-linf 1520 s, JSMA-Z 110 s, IFGSM 547 s, FGSM 63 s, DeepFool 4 s: about
+  2.7 hours for every row (most of it cw-l0).
 * ``smoke``: a few iterations with large steps, to check the plumbing (``--n 5``: ~15 s).
 
 Threads: ``--threads`` defaults to 2. On a machine that other jobs keep busy, two threads can
