@@ -171,7 +171,6 @@ def jsma(
         tgt = logits0.scatter(1, y[:, None], float("-inf")).argmax(dim=1)
     increase = theta > 0
     cur = flat.clone()
-    domain = cur < threat.upper if increase else cur > threat.lower
     out = flat.clone()
     idx = torch.arange(b, device=x.device)
     first = True
@@ -185,26 +184,26 @@ def jsma(
         pred = z.detach().argmax(dim=1)
         hit = pred != y[idx] if target is None else pred == tgt[idx]
         out[idx[hit]] = cur[idx[hit]]
-        spent = (cur[idx] != flat[idx]).sum(dim=1)
-        go = ~hit & (spent + 2 <= budget) & (domain[idx].sum(dim=1) >= 2)
+        rows = cur[idx]
+        spent = (rows != flat[idx]).sum(dim=1)
+        # how far each feature can still move toward the edge; the search domain is room > 0
+        # (features only ever move toward that edge, so once there they stay out)
+        room = (threat.upper - rows) if increase else (rows - threat.lower)
+        go = ~hit & (spent + 2 <= budget) & ((room > 0).sum(dim=1) >= 2)
         if not bool(go.any()):
             break
         f = z if use_logits else z.softmax(dim=1)
         (alpha,) = torch.autograd.grad(f.gather(1, tgt[idx][:, None]).sum(), xa, retain_graph=True)
         (total,) = torch.autograd.grad(f.sum(), xa)
         alpha, total = alpha.reshape(-1, d)[go], total.reshape(-1, d)[go]
-        idx = idx[go]
+        idx, room = idx[go], room[go]
         # derivatives times the change each feature can still make: first-order effects
-        rows = cur[idx]
-        room = (threat.upper - rows) if increase else (rows - threat.lower)
         step = room.clamp(max=abs(theta))
         alpha, total = alpha * step, total * step
-        p, q, ok = best_pairs(alpha, total - alpha, domain[idx], increase=increase)
+        p, q, ok = best_pairs(alpha, total - alpha, room > 0, increase=increase)
         idx, p, q = idx[ok], p[ok], q[ok]
         for j in (p, q):
             cur[idx, j] = (cur[idx, j] + theta).clamp(threat.lower, threat.upper)
-        rows = cur[idx]
-        domain[idx] &= rows < threat.upper if increase else rows > threat.lower
     extras = {"features_changed": (out != flat).sum(dim=1).to(torch.long)}
     return finalize(model, x, y, out.view_as(x), threat, attack="jsma", params=params,
                     queries=queries, target=target, extras=extras)  # fmt: skip
