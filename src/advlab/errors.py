@@ -36,3 +36,15 @@ class CheckpointError(AdvlabError, OSError):
 
 class ModelOutputError(AdvlabError, ValueError):
     """A model whose outputs are NaN/inf or have the wrong shape."""
+
+
+class AccessError(ConfigError):
+    """An oracle asked for more than it answers: gradients or scores from a label-only model."""
+
+
+class BudgetExhausted(AdvlabError):
+    """A query budget would be exceeded; the batch was not sent.
+
+    Attacks catch it and return what they found so far, with the reason in
+    :attr:`advlab.results.AttackResult.stopped`.
+    """
