@@ -218,7 +218,7 @@ class Advlab(Adapter):
         res = get_attack("pgd")(
             self.model, x, y, ThreatModel(norm, eps),
             steps=steps, step_size=step, random_start=True, early_stop=self.early_stop,
-            generator=torch.Generator().manual_seed(seed),
+            seed=seed,
         )  # fmt: skip
         return res.x_adv
 

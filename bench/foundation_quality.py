@@ -24,7 +24,7 @@ def main() -> None:
     torch.set_num_threads(2)
     splits = load_dataset("mnist5k")
     t0 = time.perf_counter()
-    model, info = prepare_model(AuditConfig(), splits.train, splits.test, None)
+    model, info = prepare_model(AuditConfig(), None)
     t_model = time.perf_counter() - t0
     acc = evaluate_accuracy(model, splits.test)
     x, y = splits.test.x, splits.test.y
@@ -32,7 +32,7 @@ def main() -> None:
     robust = []
     for i in range(0, len(y), 250):
         res = pgd(model, x[i : i + 250], y[i : i + 250], ThreatModel("linf", 0.3), steps=40,
-                  step_size=0.01, generator=torch.Generator().manual_seed(i))  # fmt: skip
+                  step_size=0.01, seed=i)  # fmt: skip
         robust.append(res.robust)
     t_attack = time.perf_counter() - t0
     rob = float(torch.cat(robust).float().mean())

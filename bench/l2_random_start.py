@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from advlab import ThreatModel
+from advlab.rng import SampleRNG
 from advlab.attacks import pgd
 from advlab.data import load_dataset
 from advlab.fileio import atomic_write_json
@@ -54,8 +55,8 @@ DEFAULT_MODEL = REPO / "bench" / "out" / "papernot-mnist-full.safetensors"
 DEFAULT_OUT = REPO / "bench" / "out" / "l2_random_start.json"
 
 
-def _direction(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    d = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def _direction(x: Tensor, rng: SampleRNG, rows: Tensor | None) -> Tensor:
+    d = rng.normal(tuple(x.shape[1:]), rows, dtype=x.dtype, device=x.device)
     n = d.flatten(1).norm(dim=1).clamp(min=1e-12)
     return d / n.view(-1, *([1] * (x.dim() - 1)))
 
@@ -64,11 +65,12 @@ def _direction(x: Tensor, generator: torch.Generator | None) -> Tensor:
 class VolumeStart(ThreatModel):
     """L2 threat model whose random start is uniform in the ball's volume: radius eps * U^(1/d)."""
 
-    def random_start(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    def random_start(self, x: Tensor, rng: SampleRNG, rows: Tensor | None = None) -> Tensor:
         dim = x[0].numel()
-        u = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
+        u = rng.uniform((), rows, dtype=x.dtype, device=x.device)
         r = self.eps * u.pow(1.0 / dim)
-        return self.project(x + _direction(x, generator) * r.view(-1, *([1] * (x.dim() - 1))), x)
+        d = _direction(x, rng, rows)
+        return self.project(x + d * r.view(-1, *([1] * (x.dim() - 1))), x)
 
 
 STARTS: dict[str, type[ThreatModel]] = {"volume": VolumeStart, "radius": ThreatModel}
@@ -86,8 +88,7 @@ def run(
     """Robust accuracy (re-checked here: in the ball, in the box, still correct) and seconds."""
     t0 = time.perf_counter()
     res = pgd(model, x, y, threat, steps=a.steps, step_size=a.step, restarts=restarts,
-              random_start=random_start, loss=a.loss,
-              generator=torch.Generator().manual_seed(seed))  # fmt: skip
+              random_start=random_start, loss=a.loss, seed=seed)  # fmt: skip
     secs = time.perf_counter() - t0
     d = (res.x_adv - x).flatten(1)
     inside = (d.norm(dim=1) <= a.eps * (1 + 1e-5) + 1e-5) & (res.x_adv >= 0).flatten(1).all(1)
@@ -136,7 +137,7 @@ def main() -> None:
         tm = cls("l2", a.eps)
         norms, accs = [], []
         for s in range(a.seeds):
-            x0 = tm.random_start(x, generator=torch.Generator().manual_seed(s))
+            x0 = tm.random_start(x, SampleRNG(s, x.shape[0]))
             norms.append(float((x0 - x).flatten(1).norm(dim=1).mean()))
             accs.append(accuracy(model, x0, y))
         print(f"  {name:7s} mean ||start - x|| after the box clamp = {sum(norms) / len(norms):.3f}"

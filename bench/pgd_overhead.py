@@ -51,7 +51,7 @@ def main() -> None:
 
     def attack() -> None:
         pgd(model, x, y, threat, steps=args.steps, step_size=0.01, early_stop=False,
-            generator=torch.Generator().manual_seed(0))  # fmt: skip
+            seed=0)  # fmt: skip
 
     for fn in (fwd_bwd, fwd_bwd_params, attack):  # warm-up
         fn()

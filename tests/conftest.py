@@ -34,6 +34,22 @@ def make_cnn(seed: int = 0, classes: int = 10) -> nn.Module:
     return m.eval()
 
 
+class RowwiseMLP(nn.Module):
+    """An MLP 784-32-10 whose arithmetic is the same for a sample in any batch: no batched
+    matrix products, whose last bits can change with the batch size. For exact batch-size,
+    per-row query-count and golden-tensor tests."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w1 = nn.Parameter(torch.randn(32, 784, generator=g) / 28)
+        self.w2 = nn.Parameter(torch.randn(10, 32, generator=g) / 32**0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = (x.flatten(1)[:, None, :] * self.w1[None]).sum(-1).relu()
+        return (h[:, None, :] * self.w2[None]).sum(-1)
+
+
 @pytest.fixture
 def cnn() -> nn.Module:
     return make_cnn()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,21 +14,32 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from advlab.errors import ConfigError, InputError, ModelOutputError, UnknownNameError
+from advlab import ThreatModel
+from advlab.errors import (
+    CheckpointError,
+    ConfigError,
+    InputError,
+    ModelOutputError,
+    UnknownNameError,
+)
 from advlab.evaluate import (
     CLEAN,
     WORST_CASE,
     AttackConfig,
+    EvalConfig,
     Evaluation,
-    batch_seed,
+    JsonlSink,
+    MemorySink,
+    ResultSink,
+    aggregate,
     evaluate,
+    make_plan,
     wilson_interval,
 )
-from advlab.registry import ATTACKS
-from advlab.store import RunStore
-from advlab.threat import ATOL, RTOL
+from advlab.store import RunStore, StoreSink
+from advlab.threat import within
 
-from .conftest import Toy, make_cnn
+from .conftest import RowwiseMLP, Toy, make_cnn
 
 # -- Wilson interval -----------------------------------------------------------------------------
 
@@ -76,7 +88,7 @@ def test_wilson_contains_the_estimate_and_is_symmetric(n: int, data: st.DataObje
 
 
 class Counting(nn.Module):
-    """Counts forward passes, so a test can tell whether work was redone."""
+    """Counts the samples pushed through it, so a test can tell whether work was redone."""
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
@@ -90,6 +102,7 @@ class Counting(nn.Module):
 
 N, BATCH = 24, 8
 EPS = (0.0, 0.02, 0.05)
+GRID = [ThreatModel("linf", e) for e in EPS]
 ATTACKS_CFG = ("fgsm", AttackConfig("pgd", {"steps": 3}))
 
 
@@ -104,115 +117,131 @@ def toy() -> Toy:
     return Toy("toy", x, y, 10)
 
 
-def _run(toy: Toy, **kw: Any) -> Evaluation:
-    kw.setdefault("attacks", ATTACKS_CFG)
-    return evaluate(make_cnn(), toy, norm="linf", eps_grid=EPS, batch_size=BATCH, seed=3, **kw)
+def _run(toy: Toy, model: nn.Module | None = None, **kw: Any) -> Evaluation:
+    attacks = kw.pop("attacks", ATTACKS_CFG)
+    threats = kw.pop("threats", GRID)
+    cfg = EvalConfig(**{"batch_size": BATCH, "seed": 3, **kw.pop("config", {})})
+    return evaluate(model or make_cnn(), toy, attacks, threats, cfg, **kw)
 
 
 @pytest.fixture(scope="module")
 def stored(toy: Toy, tmp_path_factory: pytest.TempPathFactory) -> tuple[Evaluation, Path]:
     path = tmp_path_factory.mktemp("store") / "runs.sqlite"
     with RunStore(path) as store:
-        ev = _run(toy, store=store)
+        rid = store.create_run("evaluate", {"test": 1})
+        ev = _run(toy, sink=StoreSink(store, rid))
     return ev, path
 
 
 def _numbers(ev: Evaluation) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.items() if k != "wall_time"} for r in ev.rows]
+    return [{k: v for k, v in s.to_dict().items() if k != "wall_time"} for s in ev.summaries]
 
 
-def test_rows_cover_the_grid_and_obey_the_definitions(
-    stored: tuple[Evaluation, Path], toy: Toy
-) -> None:
+def _clean_ok(ev: Evaluation) -> Tensor:
+    return torch.tensor([r.clean_pred == r.label for r in ev.records[(CLEAN, "linf", 0.0)]])
+
+
+def test_rows_cover_the_grid_and_obey_the_definitions(stored: tuple[Evaluation, Path]) -> None:
     ev, _ = stored
     assert ev.attack_names == ["fgsm", "pgd", WORST_CASE]
-    assert [(r["attack"], r["eps"]) for r in ev.rows] == [
+    assert [(s.attack, s.eps) for s in ev.summaries] == [
         (a, e) for e in EPS for a in ("fgsm", "pgd", WORST_CASE)
     ]
-    clean_ok = ev.clean_pred == toy.y
+    clean_ok = _clean_ok(ev)
     assert ev.clean_accuracy == pytest.approx(float(clean_ok.float().mean()))
     assert 0 < ev.clean_accuracy < 1
-    for r in ev.rows:
-        assert r["n"] == N
-        assert r["robust_accuracy"] <= ev.clean_accuracy
-        assert r["ci_low"] <= r["robust_accuracy"] <= r["ci_high"]
-        assert (r["ci_low"], r["ci_high"]) == wilson_interval(r["robust"], N)
-        robust = ev.robust[(r["attack"], r["eps"])]
+    for s in ev.summaries:
+        assert s.n == N
+        assert s.robust_accuracy <= ev.clean_accuracy
+        assert s.ci_low <= s.robust_accuracy <= s.ci_high
+        assert (s.ci_low, s.ci_high) == wilson_interval(s.robust, N)
+        robust = ev.robust(s.attack, s.eps)
         assert not bool((robust & ~clean_ok).any())  # misclassified clean is never robust
-        assert r["robust"] == int(robust.sum())
+        assert s.robust == int(robust.sum())
     for eps in EPS:
-        wc = ev.robust[(WORST_CASE, eps)]
-        assert torch.equal(wc, ev.robust[("fgsm", eps)] & ev.robust[("pgd", eps)])
+        wc = ev.robust(WORST_CASE, eps)
+        assert torch.equal(wc, ev.robust("fgsm", eps) & ev.robust("pgd", eps))
         for a in ("fgsm", "pgd"):
-            assert ev.row(WORST_CASE, eps)["robust_accuracy"] <= ev.row(a, eps)["robust_accuracy"]
-        assert ev.row(WORST_CASE, eps)["queries"] == sum(ev.row(a, eps)["queries"] for a in ("fgsm", "pgd"))  # fmt: skip
+            assert ev.row(WORST_CASE, eps).robust_accuracy <= ev.row(a, eps).robust_accuracy
+        assert ev.row(WORST_CASE, eps).queries == sum(ev.row(a, eps).queries for a in ("fgsm", "pgd"))  # fmt: skip
     for a in ev.attack_names:
         zero = ev.row(a, 0.0)
-        assert zero["robust_accuracy"] == ev.clean_accuracy
-        assert zero["queries"] == 0 and zero["success_rate"] == 0.0
-        assert math.isnan(zero["median_norm"])
+        assert zero.robust_accuracy == ev.clean_accuracy
+        assert zero.queries == 0 and zero.success_rate == 0.0
+        assert math.isnan(zero.median_norm)
     top = ev.row("pgd", 0.05)
-    assert top["robust_accuracy"] < ev.clean_accuracy  # the attack does something here
-    assert 0 < top["median_norm"] <= 0.05 + 1e-6
-    assert top["success_rate"] == pytest.approx(1 - top["robust"] / int(clean_ok.sum()))
+    assert top.robust_accuracy < ev.clean_accuracy  # the attack does something here
+    assert 0 < top.median_norm <= 0.05 + 1e-6
+    assert top.success_rate == pytest.approx(1 - top.robust / int(clean_ok.sum()))
     json.dumps(ev.to_dict())  # JSON-friendly
 
 
-def test_store_holds_one_row_per_sample_and_evaluation(stored: tuple[Evaluation, Path]) -> None:
+def test_worst_case_rows_are_the_results_worst_case(stored: tuple[Evaluation, Path]) -> None:
+    """The engine's worst case is :func:`advlab.results.worst_pick`: the first success, or
+    the smallest successful perturbation; breaking that rule must break this test."""
+    ev, _ = stored
+    for eps in EPS[1:]:
+        f, p, w = (ev.records[(a, "linf", eps)] for a in ("fgsm", "pgd", WORST_CASE))
+        for rf, rp, rw in zip(f, p, w, strict=True):
+            if rf.success and (not rp.success or rf.norm <= rp.norm):
+                assert (rw.adv_pred, rw.norm) == (rf.adv_pred, rf.norm)
+            elif rp.success:
+                assert (rw.adv_pred, rw.norm) == (rp.adv_pred, rp.norm)
+            else:
+                assert not rw.success
+            assert rw.queries == rf.queries + rp.queries
+
+
+def test_store_holds_one_record_per_sample_and_cell(stored: tuple[Evaluation, Path]) -> None:
     ev, path = stored
     with RunStore(path) as store:
-        run = store.get_run(ev.run_id)  # type: ignore[arg-type]
-        assert run["status"] == "complete"
-        assert run["kind"] == "evaluate" and run["config"] == ev.config
-        assert run["summary"]["clean_accuracy"] == ev.clean_accuracy
-        evals = run["evaluations"]
-        assert {(e["attack"], e["eps"]) for e in evals} == {(CLEAN, 0.0)} | {
-            (a, e) for e in EPS for a in ("fgsm", "pgd", WORST_CASE)
-        }
-        for e in evals:
-            assert store.count_samples(e["id"]) == N
-            assert e["n"] == N
-            if e["attack"] != CLEAN:
-                assert e["robust_accuracy"] == ev.row(e["attack"], e["eps"])["robust_accuracy"]
-        e = next(e for e in evals if (e["attack"], e["eps"]) == ("pgd", 0.05))
-        rows = store.samples(e["id"])
-        robust = ev.robust[("pgd", 0.05)].tolist()
-        for r in rows:
-            assert robust[r["idx"]] == (r["clean_pred"] == r["label"] == r["adv_pred"])
+        assert ev.run_id is not None
+        rows = {(s.attack, s.eps): s for s in store.summaries(ev.run_id)}
+        assert set(rows) == {(a, e) for e in EPS for a in ("fgsm", "pgd", WORST_CASE)}
+        for (attack, eps), s in rows.items():
+            assert s == ev.row(attack, eps) or s.to_dict() == ev.row(attack, eps).to_dict()
+        for attack in (CLEAN, "fgsm", "pgd"):
+            for eps in (0.0,) if attack == CLEAN else EPS[1:]:
+                eid = store.find_cell(ev.run_id, attack, "linf", eps)
+                assert eid is not None and store.count_records(eid) == N
+        eid = store.find_cell(ev.run_id, "pgd", "linf", 0.05)
+        assert eid is not None
+        assert store.records(eid) == ev.records[("pgd", "linf", 0.05)]
 
 
-def test_examples_are_flipped_samples_inside_the_ball(
+def test_examples_are_kept_flipped_samples_inside_the_ball(
     stored: tuple[Evaluation, Path], toy: Toy
 ) -> None:
     ev, _ = stored
     ex = ev.examples
-    assert ex is not None and 0 < len(ex) <= 8
-    assert ex.eps == 0.05  # the middle positive radius
-    assert torch.equal(ex.x, toy.x[ex.indices])
-    assert torch.equal(ex.label, toy.y[ex.indices])
-    assert bool((ex.clean_pred == ex.label).all()) and bool((ex.adv_pred != ex.label).all())
-    assert float((ex.x_adv - ex.x).abs().amax()) <= 0.05 + 1e-6
-    with torch.no_grad():
-        assert torch.equal(make_cnn()(ex.x_adv).argmax(dim=1), ex.adv_pred)
-    assert ex.indices.tolist() == sorted(ex.indices.tolist())
-    assert not bool(ev.robust[(WORST_CASE, 0.05)][ex.indices].any())
+    assert 0 < len(ex) <= 8 and ev.example_eps == 0.05  # the middle positive radius
+    idx = [e.index for e in ex]
+    assert idx == sorted(idx)
+    wc = ev.robust(WORST_CASE, 0.05)
+    flipped = [r.index for r in ev.records[(WORST_CASE, "linf", 0.05)]
+               if r.success and r.clean_pred == r.label]  # fmt: skip
+    assert idx == flipped[:8]  # the first samples the worst case flips, no gaps
+    for e in ex:
+        assert torch.equal(e.x, toy.x[e.index]) and e.label == int(toy.y[e.index])
+        assert e.clean_pred == e.label != e.adv_pred
+        assert float((e.x_adv - e.x).abs().amax()) <= 0.05 + 1e-6
+        with torch.no_grad():
+            assert int(make_cnn()(e.x_adv[None]).argmax()) == e.adv_pred
+        assert not bool(wc[e.index])
 
 
-def test_interrupted_run_resumes_to_the_same_numbers(
+def test_interrupted_run_resumes_to_the_same_numbers_without_recomputing(
     stored: tuple[Evaluation, Path], toy: Toy, tmp_path: Path
 ) -> None:
     reference, _ = stored
     batches = N // BATCH
-
-    # Reference cost: how many samples one uninterrupted run pushes through the model.
     full = Counting(make_cnn())
-    evaluate(full, toy, attacks=ATTACKS_CFG, norm="linf", eps_grid=EPS, batch_size=BATCH, seed=3,
-             keep_examples=0)  # fmt: skip
+    _run(toy, full)
 
     class Stop(Exception):
         pass
 
-    def stop_after_first_attack_batch(event: dict[str, Any]) -> None:
+    def stop_in_pgd(event: dict[str, Any]) -> None:
         if event["stage"] == "attack" and event["eps"] == 0.02 and event["attack"] == "pgd":
             raise Stop
 
@@ -220,62 +249,130 @@ def test_interrupted_run_resumes_to_the_same_numbers(
         rid = store.create_run("evaluate", {"test": True})
         first = Counting(make_cnn())
         with pytest.raises(Stop):
-            evaluate(first, toy, attacks=ATTACKS_CFG, norm="linf", eps_grid=EPS, batch_size=BATCH,
-                     seed=3, store=store, run_id=rid, progress=stop_after_first_attack_batch,
-                     keep_examples=0)  # fmt: skip
-        ev_id = store.get_evaluation_id(rid, "pgd", "linf", 0.02)
-        assert ev_id is not None and store.done_indices(ev_id) == set(range(BATCH))
+            _run(toy, first, sink=StoreSink(store, rid), progress=stop_in_pgd)
+        eid = store.find_cell(rid, "pgd", "linf", 0.02)
+        assert eid is not None and store.count_records(eid) == BATCH
 
         events: list[dict[str, Any]] = []
         second = Counting(make_cnn())
-        resumed = evaluate(second, toy, attacks=ATTACKS_CFG, norm="linf", eps_grid=EPS,
-                           batch_size=BATCH, seed=3, store=store, run_id=rid,
-                           progress=events.append, keep_examples=0)  # fmt: skip
-        assert store.get_run(rid)["status"] == "running"  # the caller owns the status
-
+        resumed = _run(toy, second, sink=StoreSink(store, rid), progress=events.append)
     assert _numbers(resumed) == _numbers(reference)
-    for key, robust in reference.robust.items():
-        assert torch.equal(resumed.robust[key], robust)
+    assert resumed.records == reference.records
+    # the examples were kept by the run that computed them, not recomputed
+    assert [e.index for e in resumed.examples] == [e.index for e in reference.examples]
+    for a, b in zip(resumed.examples, reference.examples, strict=True):
+        assert torch.equal(a.x_adv, b.x_adv) and a.attack == b.attack
     # Nothing stored was computed again: the resumed run only repeats the clean pass.
     assert first.samples + second.samples == full.samples + N
     fresh = [(e["attack"], e["eps"]) for e in events if e["stage"] == "attack" and not e["resumed"]]
     skipped = [(e["attack"], e["eps"]) for e in events if e["stage"] == "attack" and e["resumed"]]
     assert skipped.count(("pgd", 0.02)) == 1 and fresh.count(("pgd", 0.02)) == batches - 1
-    assert all(k in skipped for k in [("fgsm", 0.0), ("pgd", 0.0), ("fgsm", 0.02)])
+    assert skipped.count(("fgsm", 0.02)) == batches
     assert fresh.count(("pgd", 0.05)) == batches
 
 
-def test_resumed_run_recovers_the_examples(
-    stored: tuple[Evaluation, Path], toy: Toy, tmp_path: Path
-) -> None:
-    reference, _ = stored
-    assert reference.examples is not None
+def test_results_do_not_depend_on_batch_size() -> None:
+    """Per-sample records are identical with batches of 7 and of 64 (random starts keyed by
+    sample index), on a model whose own arithmetic is batch-invariant."""
+    model = RowwiseMLP()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(40, 1, 28, 28, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[::7] = (y[::7] + 3) % 10
+    data = Toy("rows", x, y, 10)
+    attacks = [AttackConfig("pgd", {"steps": 4, "restarts": 2}), "fgsm",
+               AttackConfig("deepfool", {"steps": 5})]  # fmt: skip
+    grid = [ThreatModel("linf", e) for e in (0.0, 0.03, 0.1)]
+    a = evaluate(model, data, attacks, grid, EvalConfig(batch_size=7, seed=4))
+    b = evaluate(model, data, attacks, grid, EvalConfig(batch_size=64, seed=4))
+    assert a.records == b.records
+    assert _numbers(a) == _numbers(b)
+    c = evaluate(model, data, attacks, grid, EvalConfig(batch_size=7, seed=5))
+    assert c.records[("pgd", "linf", 0.03)] != a.records[("pgd", "linf", 0.03)]  # seed matters
 
-    def stop_at_the_end(event: dict[str, Any]) -> None:
-        if event["stage"] == WORST_CASE and event["eps"] == 0.05:
-            raise KeyboardInterrupt
 
+def test_shards_merge_into_the_unsharded_numbers(toy: Toy, tmp_path: Path) -> None:
+    model = RowwiseMLP(1)
+    attacks = [AttackConfig("pgd", {"steps": 3}), "deepfool"]
+    whole = evaluate(model, toy, attacks, GRID, EvalConfig(batch_size=5, seed=2))
+    sinks = [JsonlSink(tmp_path / "s0.jsonl"), MemorySink(), MemorySink()]
+    for k, sink in enumerate(sinks):
+        part = evaluate(model, toy, attacks, GRID, EvalConfig(batch_size=5, seed=2, shard=(k, 3)),
+                        sink=sink)  # fmt: skip
+        assert part.n == len(range(k, N, 3))
+        assert {r.shard for r in part.records[("pgd", "linf", 0.05)]} == {k}
+    plan = make_plan(attacks, GRID, EvalConfig(batch_size=5, seed=2), N)
+    reread = [JsonlSink(tmp_path / "s0.jsonl"), *sinks[1:]]  # a shard's file read back
+    merged = aggregate(plan, reread, dataset="toy", num_classes=10)
+    assert _numbers(merged) == _numbers(whole)
+    strip = {k: [replace(r, shard=None) for r in v] for k, v in merged.records.items()}
+    assert strip == whole.records
+    with pytest.raises(CheckpointError, match="missing shards"):
+        aggregate(plan, sinks[:2], dataset="toy", num_classes=10)
+
+
+def test_the_three_sinks_hold_the_same_records(toy: Toy, tmp_path: Path) -> None:
     with RunStore(tmp_path / "runs.sqlite") as store:
         rid = store.create_run("evaluate", {})
-        with pytest.raises(KeyboardInterrupt):
-            _run(toy, store=store, run_id=rid, progress=stop_at_the_end)
-        again = _run(toy, store=store, run_id=rid)  # every batch resumed from the store
-    assert again.examples is not None
-    assert torch.equal(again.examples.indices, reference.examples.indices)
-    assert torch.equal(again.examples.x_adv, reference.examples.x_adv)
-    assert again.examples.attack == reference.examples.attack
+        sinks: list[ResultSink] = [
+            MemorySink(),
+            JsonlSink(tmp_path / "r.jsonl"),
+            StoreSink(store, rid),
+        ]
+        evs = [_run(toy, sink=s) for s in sinks]
+        assert all(isinstance(s, ResultSink) for s in sinks)
+        for ev in evs[1:]:
+            assert ev.records == evs[0].records and _numbers(ev) == _numbers(evs[0])
+        # reopened, the JSON-lines file resumes everything
+        again = JsonlSink(tmp_path / "r.jsonl")
+        counting = Counting(make_cnn())
+        ev = _run(toy, counting, sink=again)
+        assert counting.samples == N and ev.records == evs[0].records
 
 
-def test_own_run_is_marked_interrupted(toy: Toy, tmp_path: Path) -> None:
-    def interrupt(event: dict[str, Any]) -> None:
-        if event["stage"] == "attack":
-            raise KeyboardInterrupt
+def test_jsonl_sink_ignores_a_torn_last_line(toy: Toy, tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    _run(toy, sink=JsonlSink(path))
+    text = path.read_text()
+    path.write_text(text + '{"cell": {"attack": "pgd", "no')  # a crash mid-write
+    ev = _run(toy, sink=JsonlSink(path))
+    assert ev.row("pgd", 0.05).n == N
+    path.write_text("not json\n" + text)
+    with pytest.raises(CheckpointError, match="line 1"):
+        JsonlSink(path)
 
-    with RunStore(tmp_path / "runs.sqlite") as store:
-        with pytest.raises(KeyboardInterrupt):
-            _run(toy, store=store, progress=interrupt)
-        (run,) = store.list_runs()
-        assert run["status"] == "interrupted" and run["kind"] == "evaluate"
+
+def test_minimal_attacks_run_once_and_are_read_at_each_eps(toy: Toy) -> None:
+    grid = [ThreatModel("l2", e) for e in (0.0, 0.2, 0.5, 1.0)]
+    sink = MemorySink()
+    attacks = [AttackConfig("deepfool", {"steps": 10}), "fgsm"]
+    ev = evaluate(make_cnn(), toy, attacks, grid, EvalConfig(batch_size=12), sink=sink)
+    base = [c for c in make_plan(attacks, grid, EvalConfig(), N).cells if c.attack == "deepfool"]
+    assert len(base) == 1 and base[0].eps == math.inf
+    records = sorted(sink.stored(base[0]).values(), key=lambda r: r.index)
+    accs = [ev.row("deepfool", t.eps, "l2").robust_accuracy for t in grid]
+    assert accs == sorted(accs, reverse=True)  # reading one run at growing eps is monotone
+    queries = {ev.row("deepfool", t.eps, "l2").queries for t in grid[1:]}
+    assert len(queries) == 1 and queries.pop() > 0  # every radius reports the one run's cost
+    assert ev.row("deepfool", 0.0, "l2").queries == 0  # eps = 0 needs no attack
+    for t in grid:
+        norms = torch.tensor([r.norm for r in records], dtype=torch.float64)
+        hit = within(norms, "l2", t.eps).tolist()
+        expect = [r.clean_pred == r.label and not (r.success and h) for r, h in zip(records, hit, strict=True)]  # fmt: skip
+        assert ev.robust("deepfool", t.eps, "l2").tolist() == expect
+
+
+def test_several_norms_in_one_evaluation(toy: Toy) -> None:
+    grid = [ThreatModel("linf", 0.03), ThreatModel("l2", 1.0), ThreatModel("linf", 0.0)]
+    ev = evaluate(make_cnn(), toy, ["fgsm", AttackConfig("pgd", {"steps": 2})], grid)
+    assert ev.norms == ["linf", "l2"]
+    assert [(s.norm, s.eps) for s in ev.summaries if s.attack == WORST_CASE] == [
+        ("linf", 0.0),
+        ("linf", 0.03),
+        ("l2", 1.0),
+    ]
+    assert ev.row("pgd", 1.0, "l2").n == N
 
 
 def test_same_seed_same_numbers_and_no_side_effects(
@@ -283,11 +380,9 @@ def test_same_seed_same_numbers_and_no_side_effects(
 ) -> None:
     x0, y0 = toy.x.clone(), toy.y.clone()
     model = make_cnn().train()  # the engine must not switch the mode
-    a = evaluate(model, toy, attacks=[AttackConfig("pgd", {"steps": 2})], norm="linf",
-                 eps_grid=[0.03], batch_size=10, seed=1)  # fmt: skip
+    a = _run(toy, model, attacks=[AttackConfig("pgd", {"steps": 2})])
     assert model.training
-    b = evaluate(make_cnn(), toy, attacks=[AttackConfig("pgd", {"steps": 2})], norm="linf",
-                 eps_grid=[0.03], batch_size=10, seed=1)  # fmt: skip
+    b = _run(toy, attacks=[AttackConfig("pgd", {"steps": 2})])
     assert _numbers(a) == _numbers(b)
     assert torch.equal(toy.x, x0) and torch.equal(toy.y, y0)
     out = capsys.readouterr()
@@ -295,52 +390,24 @@ def test_same_seed_same_numbers_and_no_side_effects(
     assert a.run_id is None
 
 
+def test_provenance_is_captured_when_the_work_runs(toy: Toy) -> None:
+    ev = _run(toy, attacks=["fgsm"])
+    p = ev.provenance
+    assert {"torch", "python", "advlab", "git_revision", "command", "started", "seed"} <= set(p)
+    assert p["seed"] == 3 and p["config"]["batch_size"] == BATCH
+    given = _run(toy, attacks=["fgsm"], provenance={"who": "test"})
+    assert given.provenance == {"who": "test"}
+
+
 def test_progress_reports_every_batch(toy: Toy) -> None:
     events: list[dict[str, Any]] = []
-    evaluate(make_cnn(), toy, attacks=["fgsm"], norm="l2", eps_grid=[0.5], batch_size=10,
+    evaluate(make_cnn(), toy, ["fgsm"], ThreatModel("l2", 0.5), EvalConfig(batch_size=10),
              progress=events.append)  # fmt: skip
     assert all({"stage", "attack", "eps", "done", "total"} <= set(e) for e in events)
     clean = [e["done"] for e in events if e["stage"] == "clean"]
     attack = [e["done"] for e in events if e["stage"] == "attack"]
     assert clean == attack == [10, 20, 24]
-    assert events[-1]["stage"] == WORST_CASE and events[-1]["total"] == N
-
-
-def test_batch_seed_is_a_pure_function_of_its_coordinates() -> None:
-    assert batch_seed(0, "pgd", 0.1, 3) == batch_seed(0, "pgd", 0.1, 3)
-    seeds = {batch_seed(s, a, e, b) for s in (0, 1) for a in ("pgd", "fgsm") for e in (0.1, 0.2) for b in (0, 1)}  # fmt: skip
-    assert len(seeds) == 16
-    assert all(0 <= s < 2**63 for s in seeds)
-
-
-def _minimal_l2() -> str | None:
-    names = [n for n in ATTACKS.names() if ATTACKS.get(n).minimal and "l2" in ATTACKS.get(n).norms]
-    return names[0] if names else None
-
-
-@pytest.mark.skipif(_minimal_l2() is None, reason="no minimal-perturbation L2 attack registered")
-def test_minimal_attacks_run_once_and_threshold_their_norms(toy: Toy, tmp_path: Path) -> None:
-    name = _minimal_l2()
-    assert name is not None
-    grid = [0.0, 0.2, 0.5, 1.0]
-    with RunStore(tmp_path / "runs.sqlite") as store:
-        ev = evaluate(make_cnn(), toy, attacks=[name, "fgsm"], norm="l2", eps_grid=grid,
-                      batch_size=12, store=store)  # fmt: skip
-        base_id = store.get_evaluation_id(ev.run_id, name, "l2", math.inf)  # type: ignore[arg-type]
-        assert base_id is not None
-        base = store.samples(base_id)
-    accs = [ev.row(name, e)["robust_accuracy"] for e in grid]
-    assert accs == sorted(accs, reverse=True)  # thresholding one run is monotone in eps
-    queries = {ev.row(name, e)["queries"] for e in grid[1:]}
-    assert len(queries) == 1 and queries.pop() > 0  # every radius reports the one run's cost
-    assert ev.row(name, 0.0)["queries"] == 0  # eps = 0 needs no attack
-    for e in grid:
-        expect = [
-            r["clean_pred"] == r["label"]
-            and not (r["success"] and r["norm"] <= e + ATOL + RTOL * max(1.0, e))
-            for r in base
-        ]
-        assert ev.robust[(name, e)].tolist() == expect
+    assert {e["total"] for e in events} == {N}
 
 
 @pytest.mark.parametrize(
@@ -349,48 +416,61 @@ def test_minimal_attacks_run_once_and_threshold_their_norms(toy: Toy, tmp_path: 
         ({"attacks": ["no-such-attack"]}, UnknownNameError, "no-such-attack"),
         ({"attacks": [AttackConfig("fgsm")] * 2}, ConfigError, "twice"),
         ({"attacks": []}, ConfigError, "at least one"),
-        ({"eps_grid": [-0.1]}, ConfigError, ">= 0"),
-        ({"eps_grid": [0.1, 0.1]}, ConfigError, "repeated"),
-        ({"eps_grid": []}, ConfigError, "empty"),
-        ({"eps_grid": [math.inf]}, ConfigError, "finite"),
-        ({"norm": "l0"}, ConfigError, "supports norms"),
-        ({"norm": "l3"}, ConfigError, "unknown norm"),
-        ({"batch_size": 0}, ConfigError, "batch_size"),
-        ({"run_id": "x"}, ConfigError, "needs a store"),
-        ({"upper": 0.5}, InputError, "outside"),
+        ({"threats": [ThreatModel("linf", 0.1)] * 2}, ConfigError, "twice"),
+        ({"threats": []}, ConfigError, "at least one"),
+        ({"threats": [ThreatModel("linf", math.inf)]}, ConfigError, "finite"),
+        ({"threats": [ThreatModel("l0", 3)]}, ConfigError, "supports norms"),
+        ({"threats": [ThreatModel("linf", 0.1), ThreatModel("linf", 0.2, 0, 2)]}, ConfigError, "one input box"),
+        ({"config": EvalConfig(batch_size=4).__class__}, ConfigError, "EvalConfig"),
+        ({"threats": [ThreatModel("linf", 0.1, 0.0, 0.5)]}, InputError, "outside"),
     ],
-)
+)  # fmt: skip
 def test_bad_arguments_fail_fast(toy: Toy, kw: dict[str, Any], error: type, match: str) -> None:
-    args: dict[str, Any] = {"attacks": ["fgsm"], "norm": "linf", "eps_grid": [0.1]} | kw
+    args: dict[str, Any] = {"attacks": ["fgsm"], "threats": ThreatModel("linf", 0.1)} | kw
     with pytest.raises(error, match=match):
-        evaluate(make_cnn(), toy, **args)
+        evaluate(make_cnn(), toy, args["attacks"], args["threats"], args.get("config"))
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [({"batch_size": 0}, "batch_size"), ({"seed": 1.5}, "seed"), ({"keep_examples": -1}, "keep"),
+     ({"shard": (3, 3)}, "shard"), ({"shard": "x"}, "shard")],
+)  # fmt: skip
+def test_eval_config_is_validated(kw: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        EvalConfig(**kw)
 
 
 def test_attack_config_is_validated_against_the_registry() -> None:
     assert AttackConfig("pgd", {"steps": 5}).params == {"steps": 5}
+    assert AttackConfig("pgd", {"steps": 5}).resolved["restarts"] == 1
     with pytest.raises(ConfigError, match="stpes"):
         AttackConfig("pgd", {"stpes": 5})
-    with pytest.raises(ConfigError, match="engine"):
-        AttackConfig("pgd", {"generator": None})
+    with pytest.raises(ConfigError, match="argument of the call"):
+        AttackConfig("pgd", {"seed": 3})
     with pytest.raises(UnknownNameError):
         AttackConfig("pgdd")
+    with pytest.raises(ConfigError, match="reserved"):
+        AttackConfig("worst-case")
     assert AttackConfig.parse({"name": "fgsm", "params": {"loss": "margin"}}) == AttackConfig("fgsm", {"loss": "margin"})  # fmt: skip
     with pytest.raises(ConfigError):
         AttackConfig.parse({"nam": "fgsm"})
 
 
-def test_unknown_run_and_wrong_model_are_clear_errors(toy: Toy, tmp_path: Path) -> None:
+def test_a_sink_from_another_model_is_refused(toy: Toy, tmp_path: Path) -> None:
     with RunStore(tmp_path / "runs.sqlite") as store:
         with pytest.raises(UnknownNameError, match="advlab runs list"):
-            evaluate(make_cnn(), toy, attacks=["fgsm"], norm="linf", eps_grid=[0.1],
-                     store=store, run_id="nope")  # fmt: skip
+            StoreSink(store, "nope")
         rid = store.create_run("evaluate", {})
-        evaluate(make_cnn(), toy, attacks=["fgsm"], norm="linf", eps_grid=[0.1], store=store, run_id=rid)  # fmt: skip
+        _run(toy, attacks=["fgsm"], sink=StoreSink(store, rid))
         with pytest.raises(ConfigError, match="another model"):
-            evaluate(make_cnn(seed=9), toy, attacks=["fgsm"], norm="linf", eps_grid=[0.1],
-                     store=store, run_id=rid)  # fmt: skip
+            _run(toy, make_cnn(seed=9), attacks=["fgsm"], sink=StoreSink(store, rid))
+        with pytest.raises(ConfigError, match="other parameters"):
+            _run(
+                toy, attacks=[AttackConfig("fgsm", {"loss": "margin"})], sink=StoreSink(store, rid)
+            )
 
 
 def test_model_with_the_wrong_class_count_is_refused(toy: Toy) -> None:
     with pytest.raises(ModelOutputError, match="classes"):
-        evaluate(make_cnn(classes=12), toy, attacks=["fgsm"], norm="linf", eps_grid=[0.1])
+        _run(toy, make_cnn(classes=12), attacks=["fgsm"])

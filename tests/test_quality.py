@@ -18,12 +18,12 @@ def test_default_model_accuracy_and_pgd40() -> None:
     torch.set_num_threads(2)
     try:
         splits = load_dataset("mnist5k")
-        model, _ = prepare_model(AuditConfig(), splits.train, splits.test, None)
+        model, _ = prepare_model(AuditConfig(), None)
         assert evaluate_accuracy(model, splits.test) >= 0.96
         x, y = splits.test.x, splits.test.y
         robust = torch.cat([
             pgd(model, x[i : i + 500], y[i : i + 500], ThreatModel("linf", 0.3), steps=40,
-                step_size=0.01, generator=torch.Generator().manual_seed(i)).robust
+                step_size=0.01, seed=i).robust
             for i in range(0, len(y), 500)
         ])  # fmt: skip
         assert float(robust.float().mean()) <= 0.01

@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from advlab.evaluate import WORST_CASE, AttackConfig, Evaluation, evaluate
+from advlab import ThreatModel
+from advlab.evaluate import WORST_CASE, AttackConfig, EvalConfig, Evaluation, evaluate
 from advlab.report import (
     SECTIONS,
     fragment,
@@ -36,8 +37,10 @@ def _toy(x: Tensor, model: nn.Module) -> Toy:
 def ev() -> Evaluation:
     model = make_cnn()
     x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(2))
-    return evaluate(model, _toy(x, model), attacks=["fgsm", AttackConfig("pgd", {"steps": 3})],
-                    norm="linf", eps_grid=[0.0, 0.03, 0.08], batch_size=8, keep_examples=4)  # fmt: skip
+    return evaluate(model, _toy(x, model), ["fgsm", AttackConfig("pgd", {"steps": 3})],
+                    [ThreatModel("linf", e) for e in (0.0, 0.03, 0.08)],
+                    EvalConfig(batch_size=8, keep_examples=4), provenance={"torch": "9.9-test",
+                    "started": "2026-01-02T03:04:05+00:00"})  # fmt: skip
 
 
 def _pngs(html: str) -> list[bytes]:
@@ -63,27 +66,28 @@ def test_html_report_is_one_self_contained_file(ev: Evaluation, tmp_path: Path) 
     assert "<b>cnn</b>" not in html and "&lt;b&gt;cnn&lt;/b&gt;" in html
     assert "Audit &amp; co" in html
     assert "20260101-000000-abcdef" in html
+    # versions and date come from the provenance captured with the work, not from this machine
+    assert "9.9-test" in html and "2026-01-02T03:04:05" in html
+    assert torch.__version__ not in html
 
 
 def test_html_report_has_the_table_values(ev: Evaluation, tmp_path: Path) -> None:
     html = write_html_report(tmp_path / "r.html", ev).read_text(encoding="utf-8")
     body = html[html.index('<section id="summary">') : html.index('<section id="curve">')]
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", body)
-    for r in ev.rows:
+    for r in ev.summaries:
         expected = [
-            r["attack"], fmt_num(r["eps"]), fmt_pct(r["robust_accuracy"]),
-            f"[{fmt_pct(r['ci_low'])}, {fmt_pct(r['ci_high'])}]", fmt_pct(r["success_rate"]),
-            fmt_num(r["median_norm"]), fmt_num(r["queries"]),
+            r.attack, fmt_num(r.eps), fmt_pct(r.robust_accuracy),
+            f"[{fmt_pct(r.ci_low)}, {fmt_pct(r.ci_high)}]", fmt_pct(r.success_rate),
+            fmt_num(r.median_norm), fmt_num(r.queries),
         ]  # fmt: skip
         start = next(
-            i
-            for i in range(0, len(cells), 8)
-            if cells[i : i + 2] == [r["attack"], fmt_num(r["eps"])]
+            i for i in range(0, len(cells), 8) if cells[i : i + 2] == [r.attack, fmt_num(r.eps)]
         )
         assert cells[start : start + 7] == expected
-    assert len(cells) == 8 * len(ev.rows)
+    assert len(cells) == 8 * len(ev.summaries)
     assert fmt_pct(ev.clean_accuracy) in html
-    assert f"{100 * ev.row(WORST_CASE, 0.08)['robust_accuracy']:.1f}%" in body
+    assert f"{100 * ev.row(WORST_CASE, 0.08).robust_accuracy:.1f}%" in body
 
 
 def test_img_tag_carries_a_data_uri(ev: Evaluation) -> None:
@@ -116,13 +120,13 @@ def test_examples_section_without_images(tmp_path: Path) -> None:
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g))
     x = torch.rand(12, 6, generator=g)
-    ev = evaluate(model, _toy(x, model), attacks=["fgsm"], norm="linf", eps_grid=[0.0, 0.5, 1.0])
-    assert ev.examples is not None
+    ev = evaluate(model, _toy(x, model), "fgsm", [ThreatModel("linf", e) for e in (0, 0.5, 1)])
+    assert ev.examples
     html = write_html_report(tmp_path / "r.html", ev).read_text(encoding="utf-8")
     assert len(_pngs(html)) == 1
     assert "not images" in html
-    none = evaluate(model, _toy(x, model), attacks=["fgsm"], norm="linf", eps_grid=[0.0])
-    assert none.examples is None
+    none = evaluate(model, _toy(x, model), "fgsm", ThreatModel("linf", 0.0))
+    assert not none.examples
     assert "nothing to show" in render_html(none)
 
 
@@ -133,16 +137,17 @@ def test_json_report_parses_back(ev: Evaluation, tmp_path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     assert "NaN" not in text and "Infinity" not in text  # strict JSON
     data = json.loads(text)
-    assert data["format"] == "advlab-report" and data["format_version"] == 1
+    assert data["format"] == "advlab-report" and data["format_version"] == 2
     assert data["extra"] == {"model": {"name": "cnn", "sha256": "ab"}, "tensor": [1.5, 2.0],
                              "path": str(tmp_path), "nan": None}  # fmt: skip
     got = data["evaluation"]
     assert got["clean_accuracy"] == ev.clean_accuracy
-    assert got["eps_grid"] == [0.0, 0.03, 0.08]
+    assert [t["eps"] for t in got["threats"]] == [0.0, 0.03, 0.08]
     assert [(r["attack"], r["eps"], r["robust_accuracy"]) for r in got["rows"]] == [
-        (r["attack"], r["eps"], r["robust_accuracy"]) for r in ev.rows
+        (r.attack, r.eps, r.robust_accuracy) for r in ev.summaries
     ]
+    assert got["provenance"]["torch"] == "9.9-test"
     zero = next(r for r in got["rows"] if r["eps"] == 0.0)
     assert zero["median_norm"] is None  # NaN (no successes) becomes null
-    assert got["examples"]["indices"] == ev.examples.indices.tolist()  # type: ignore[union-attr]
+    assert [e["index"] for e in got["examples"]] == [e.index for e in ev.examples]
     assert sorted(p.name for p in path.parent.iterdir()) == ["report.json"]  # no temp files left

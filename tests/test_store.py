@@ -1,216 +1,278 @@
-"""The SQLite run store: round trips, WAL mode, resume bookkeeping and clear errors."""
+"""The run store: schema, migrations, runs, records, examples, summaries and leases."""
 
 from __future__ import annotations
 
-import re
+import math
+import os
 import sqlite3
-from collections.abc import Iterator
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+import torch
 
-from advlab.errors import AdvlabError, CheckpointError, ConfigError, UnknownNameError
-from advlab.store import SCHEMA_VERSION, RunStore, canonical_json, environment_info, new_run_id
+from advlab.errors import CheckpointError, ConfigError, UnknownNameError
+from advlab.results import Cell, Example, SampleRecord, Summary
+from advlab.serialize import canonical_json, from_plain_float, plain, pretty_json
+from advlab.store import SCHEMA_VERSION, RunStore
+from advlab.store import lease as lease_mod
+from advlab.store.lease import Heartbeat, claim, is_alive
 
-
-def _row(i: int, success: int = 1) -> dict[str, float | int]:
-    return {
-        "idx": i, "label": i % 10, "clean_pred": i % 10, "adv_pred": (i + success) % 10,
-        "success": success, "norm": 0.1 * i, "queries": 3,
-    }  # fmt: skip
+V1_DUMP = Path(__file__).parent / "data" / "store_v1.sql"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[RunStore]:
+def store(tmp_path: Path) -> RunStore:
     s = RunStore(tmp_path / "runs.sqlite")
-    yield s
+    yield s  # type: ignore[misc]
     s.close()
 
 
-def test_file_is_created_in_wal_mode_with_schema_version(tmp_path: Path) -> None:
-    path = tmp_path / "sub" / "runs.sqlite"
-    with RunStore(path) as s:
-        assert s.journal_mode == "wal"
-        assert s.schema_version == SCHEMA_VERSION
-    # WAL is a property of the file: an independent connection sees it too.
-    con = sqlite3.connect(path)
+def rec(i: int, **kw: object) -> SampleRecord:
+    base = {"index": i, "label": i % 3, "clean_pred": i % 3, "adv_pred": (i + 1) % 3,
+            "success": True, "norm": 0.1 * i, "queries": 10 + i}  # fmt: skip
+    return SampleRecord(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def columns(path: Path) -> dict[str, list[tuple[str, str]]]:
+    c = sqlite3.connect(path)
     try:
-        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        version = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
-        assert int(version) == SCHEMA_VERSION
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"meta", "runs", "evaluations", "samples"} <= tables
+        tables = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {
+            t: sorted((r[1], r[2]) for r in c.execute(f"PRAGMA table_info({t})")) for t in tables
+        }
     finally:
-        con.close()
+        c.close()
+
+
+def test_file_is_created_in_wal_mode_with_schema_version(tmp_path: Path) -> None:
+    with RunStore(tmp_path / "a" / "runs.sqlite") as s:
+        assert s.journal_mode == "wal"
+        assert s.schema_version == SCHEMA_VERSION == 2
+    with RunStore(tmp_path / "a" / "runs.sqlite") as s:  # reopening keeps it
+        assert s.schema_version == SCHEMA_VERSION
 
 
 def test_default_path_follows_advlab_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ADVLAB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ADVLAB_HOME", str(tmp_path / "h"))
     with RunStore() as s:
-        assert s.path == tmp_path / "home" / "runs.sqlite"
-    assert s.path.exists()
+        assert s.path == tmp_path / "h" / "runs.sqlite"
 
 
-def test_run_roundtrip(tmp_path: Path) -> None:
-    path = tmp_path / "runs.sqlite"
-    config = {"model": "cnn", "eps": [0.1, 0.3], "attacks": [{"name": "pgd", "params": {}}]}
-    env = environment_info(seed=7)
-    with RunStore(path) as s:
-        rid = s.create_run("evaluate", config, env)
-        ev = s.ensure_evaluation(rid, "pgd", "linf", 0.1, {"steps": 10})
-        assert s.ensure_evaluation(rid, "pgd", "linf", 0.1, {"steps": 10}) == ev  # idempotent
-        assert s.get_evaluation_id(rid, "pgd", "linf", 0.1) == ev
-        assert s.get_evaluation_id(rid, "pgd", "linf", 0.3) is None
-        assert s.add_samples(ev, [_row(i) for i in range(5)], wall_time=1.5) == 5
-        s.add_samples(ev, [tuple(_row(5).values())], wall_time=0.5)  # sequences work too
-        s.update_evaluation_summary(ev, n=6, robust_accuracy=0.5, ci_low=0.2, ci_high=0.8,
-                                    success_rate=float("nan"), queries=18)  # fmt: skip
-        s.finish_run(rid, "complete", {"clean_accuracy": 0.9})
-    with RunStore(path) as s:  # persisted across connections
-        run = s.get_run(rid)
-        assert run["kind"] == "evaluate" and run["status"] == "complete"
-        assert run["config"] == config
-        assert run["environment"]["seed"] == 7
-        assert run["summary"] == {"clean_accuracy": 0.9}
-        assert run["finished"] is not None
-        (e,) = run["evaluations"]
-        assert (e["attack"], e["norm"], e["eps"], e["params"]) == (
-            "pgd",
-            "linf",
-            0.1,
-            {"steps": 10},
+def test_a_version_1_file_is_migrated_in_place(tmp_path: Path) -> None:
+    old = tmp_path / "old.sqlite"
+    c = sqlite3.connect(old)
+    c.executescript(V1_DUMP.read_text())  # a store written by advlab 0.1.0's schema
+    c.close()
+    with RunStore(old) as s:
+        assert s.schema_version == 2
+        run = s.get_run("20261130-120000-abcdef")
+        assert run.status == "complete" and run.kind == "audit"
+        assert run.provenance["git_revision"] == "456c155"  # the v1 "environment" column
+        assert run.error is None and run.owner is None
+        eid = s.find_cell(run.id, "pgd", "linf", 0.1)
+        assert eid is not None
+        recs = s.records(eid)
+        assert [r.index for r in recs] == list(range(6))
+        assert recs[0] == SampleRecord(0, 0, 0, 1, True, 0.1, 41)  # new fields take defaults
+        (pgd,) = [x for x in s.summaries(run.id) if x.attack == "pgd"]
+        assert pgd.robust == 3 and pgd.queries == 205 and pgd.robust_accuracy == 0.5
+        assert s.get_run("20261130-120100-123456").status == "interrupted"
+        s.add_examples(
+            eid, [Example(0, "pgd", "linf", 0.1, torch.zeros(2), torch.ones(2), 0, 0, 1)]
         )
-        assert e["n"] == 6 and e["robust_accuracy"] == 0.5 and e["queries"] == 18
-        assert e["success_rate"] is None  # NaN is stored as NULL
-        assert e["wall_time"] == pytest.approx(2.0)
-        rows = s.samples(ev)
-        assert [r["idx"] for r in rows] == list(range(6))
-        assert rows[3] == _row(3)
-        assert s.done_indices(ev) == set(range(6))
+        assert len(s.examples(eid)) == 1
+    fresh = tmp_path / "fresh.sqlite"
+    RunStore(fresh).close()
+    assert columns(old) == columns(fresh)  # the migration yields exactly the current layout
 
 
-def test_add_samples_replaces_rows_with_the_same_index(store: RunStore) -> None:
+def test_a_failed_migration_leaves_the_file_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from advlab.store import sqlite as store_sqlite
+
+    old = tmp_path / "old.sqlite"
+    c = sqlite3.connect(old)
+    c.executescript(V1_DUMP.read_text())
+    c.close()
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("ALTER TABLE runs ADD COLUMN half_done TEXT")
+        raise sqlite3.OperationalError("disk on fire")
+
+    monkeypatch.setitem(store_sqlite.MIGRATIONS, 1, broken)
+    with pytest.raises(CheckpointError, match="disk on fire"):
+        RunStore(old)
+    assert ("half_done", "TEXT") not in columns(old)["runs"]
+    assert sqlite3.connect(old).execute("SELECT value FROM meta").fetchone()[0] == "1"
+
+
+def test_run_roundtrip(store: RunStore) -> None:
+    rid = store.create_run("evaluate", {"eps": [0.1, math.inf]}, {"seed": 3})
+    run = store.get_run(rid)
+    assert run.status == "running" and run.finished is None
+    assert run.config == {"eps": [0.1, "inf"]} and run.provenance == {"seed": 3}
+    store.finish_run(rid, "failed", error="ValueError: boom")
+    run = store.get_run(rid)
+    assert run.status == "failed" and run.error == "ValueError: boom" and run.finished
+    store.set_status(rid, "running")
+    assert store.get_run(rid).error is None
+
+
+def test_records_roundtrip_and_replace(store: RunStore) -> None:
     rid = store.create_run("evaluate", {})
-    ev = store.ensure_evaluation(rid, "fgsm", "l2", 0.5, {})
-    store.add_samples(ev, [_row(0, success=1), _row(1, success=1)])
-    store.add_samples(ev, [_row(1, success=0)])
-    assert store.count_samples(ev) == 2
-    assert store.samples(ev)[1]["success"] == 0
+    eid = store.cell_id(rid, Cell("pgd", "linf", 0.1, {"steps": 3}))
+    assert store.cell_id(rid, Cell("pgd", "linf", 0.1, {"steps": 3})) == eid
+    recs = [
+        rec(i, target=2, extras={"features_changed": 4.0}, certified=0.05, shard=1)
+        for i in range(4)
+    ]
+    assert store.add_records(eid, recs, wall_time=1.5) == 4
+    store.add_records(eid, [rec(2, success=False, norm=math.inf)], wall_time=0.5)
+    got = store.records(eid)
+    assert got[:2] == recs[:2] and got[3] == recs[3]
+    assert got[2] == rec(2, success=False, norm=math.inf)
+    assert store.count_records(eid) == 4 and store.wall_time(eid) == 2.0
+    with pytest.raises(ConfigError, match="other parameters"):
+        store.cell_id(rid, Cell("pgd", "linf", 0.1, {"steps": 4}))
+
+
+def test_examples_roundtrip(store: RunStore) -> None:
+    rid = store.create_run("evaluate", {})
+    eid = store.cell_id(rid, Cell("fgsm", "linf", 0.1))
+    x = torch.rand(1, 3, 4)
+    ex = Example(7, "fgsm", "linf", 0.1, x, x.clamp(0.2, 0.8), 1, 1, 4)
+    store.add_examples(eid, [ex])
+    (got,) = store.examples(eid)
+    assert torch.equal(got.x, x) and torch.equal(got.x_adv, ex.x_adv)
+    assert (got.index, got.label, got.clean_pred, got.adv_pred, got.attack) == (7, 1, 1, 4, "fgsm")
+
+
+def test_summaries_roundtrip_keep_nan(store: RunStore) -> None:
+    rid = store.create_run("evaluate", {})
+    s = Summary("worst-case", "l2", 0.5, {"attacks": ["a"]}, 10, 3, 0.3, 0.1, 0.6, math.nan,
+                math.nan, math.nan, 12, 0.25)  # fmt: skip
+    store.write_summary(rid, s)
+    (got,) = store.summaries(rid)
+    assert got.to_dict().keys() == s.to_dict().keys()
+    for k, v in s.to_dict().items():
+        w = got.to_dict()[k]
+        assert (
+            (math.isnan(v) and math.isnan(w)) if isinstance(v, float) and math.isnan(v) else v == w
+        )
 
 
 def test_runs_are_listed_newest_first_and_filtered(store: RunStore) -> None:
-    ids = [store.create_run(kind, {"i": i}) for i, kind in enumerate(["train", "audit", "audit"])]
-    store.finish_run(ids[1], "failed")
-    listed = [r["id"] for r in store.list_runs()]
-    assert listed == ids[::-1]
-    assert [r["id"] for r in store.list_runs(limit=1)] == [ids[-1]]
-    assert {r["id"] for r in store.list_runs(kind="audit")} == set(ids[1:])
-    assert [r["id"] for r in store.list_runs(status="failed")] == [ids[1]]
-
-
-def test_run_ids_are_short_and_sortable() -> None:
-    rid = new_run_id()
-    assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", rid)
-    assert len({new_run_id() for _ in range(50)}) == 50
-
-
-def test_find_resumable_matches_identical_unfinished_configs(store: RunStore) -> None:
-    config = {"eps": [0.1, 0.2], "model": "cnn", "nested": {"b": 1, "a": 2}}
-    assert store.find_resumable("audit", config) is None
-    first = store.create_run("audit", config)
-    store.finish_run(first, "interrupted")
-    # key order does not matter, values do
-    reordered = {"nested": {"a": 2, "b": 1}, "model": "cnn", "eps": [0.1, 0.2]}
-    assert store.find_resumable("audit", reordered) == first
-    assert store.find_resumable("audit", {**config, "model": "other"}) is None
-    assert store.find_resumable("train", config) is None
-    second = store.create_run("audit", config)
-    assert store.find_resumable("audit", config) == second  # the latest
-    store.finish_run(second, "complete")
-    store.finish_run(first, "complete")
-    assert store.find_resumable("audit", config) is None
-
-
-def test_set_status_running_reopens_a_run(store: RunStore) -> None:
-    rid = store.create_run("audit", {})
-    store.finish_run(rid, "interrupted")
-    store.set_status(rid, "running")
-    run = store.get_run(rid)
-    assert run["status"] == "running" and run["finished"] is None
+    a = store.create_run("audit", {"a": 1})
+    b = store.create_run("train", {"b": 1})
+    store.finish_run(a, "complete")
+    assert [r.id for r in store.list_runs()] == [b, a]
+    assert [r.id for r in store.list_runs(kind="audit")] == [a]
+    assert [r.id for r in store.list_runs(status="running")] == [b]
 
 
 @pytest.mark.parametrize(
     "call",
     [
-        lambda s: s.get_run("20990101-000000-abcdef"),
-        lambda s: s.finish_run("20990101-000000-abcdef", "complete"),
-        lambda s: s.ensure_evaluation("20990101-000000-abcdef", "pgd", "linf", 0.1, {}),
-        lambda s: s.evaluations("20990101-000000-abcdef"),
-        lambda s: s.set_status("20990101-000000-abcdef", "failed"),
+        lambda s: s.get_run("nope"),
+        lambda s: s.finish_run("nope"),
+        lambda s: s.set_status("nope", "running"),
+        lambda s: s.cell_id("nope", Cell("a", "linf", 0.1)),
+        lambda s: s.summaries("nope"),
     ],
 )
 def test_unknown_run_id_is_a_clear_error(store: RunStore, call) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(UnknownNameError) as info:
+    with pytest.raises(UnknownNameError, match="advlab runs list"):
         call(store)
-    msg = str(info.value)
-    assert "20990101-000000-abcdef" in msg and str(store.path) in msg
-    assert "advlab runs list" in msg
-    assert isinstance(info.value, AdvlabError)
 
 
-def test_bad_status_and_conflicting_params_are_config_errors(store: RunStore) -> None:
+def test_bad_status_is_a_config_error(store: RunStore) -> None:
     rid = store.create_run("evaluate", {})
     with pytest.raises(ConfigError, match="status"):
-        store.finish_run(rid, "done")
-    store.ensure_evaluation(rid, "pgd", "linf", 0.1, {"steps": 10})
-    with pytest.raises(ConfigError, match="new run"):
-        store.ensure_evaluation(rid, "pgd", "linf", 0.1, {"steps": 20})
+        store.finish_run(rid, "exploded")
+    with pytest.raises(ConfigError, match="end status"):
+        store.finish_run(rid, "running")
     with pytest.raises(ConfigError, match="already exists"):
         store.create_run("evaluate", {}, run_id=rid)
-    with pytest.raises(ConfigError, match="JSON"):
-        store.create_run("evaluate", {"x": object()})
 
 
 def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
-    path = tmp_path / "runs.sqlite"
-    path.write_bytes(b"this is not a database, just some bytes " * 200)
-    with pytest.raises(CheckpointError) as info:
-        RunStore(path)
-    assert str(path) in str(info.value)
-    assert "move the file aside" in str(info.value)
+    bad = tmp_path / "runs.sqlite"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(CheckpointError, match="not a readable advlab database"):
+        RunStore(bad)
+    other = tmp_path / "other.sqlite"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(CheckpointError, match="not a readable advlab database"):
+        RunStore(other)
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "runs.sqlite"
     RunStore(path).close()
-    con = sqlite3.connect(path)
-    with con:
-        con.execute(
-            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),)
-        )
-    con.close()
+    c = sqlite3.connect(path)
+    c.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    c.commit()
+    c.close()
     with pytest.raises(CheckpointError, match="newer"):
         RunStore(path)
 
 
-def test_canonical_json_is_order_independent_and_keeps_inf() -> None:
-    assert canonical_json({"b": 1, "a": (1, 2)}) == canonical_json({"a": [1, 2], "b": 1})
-    assert canonical_json({"eps": float("inf")}) == '{"eps":"inf"}'
+# -- the JSON normalizer ----------------------------------------------------------------------------
 
 
-@settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(batches=st.lists(st.sets(st.integers(0, 200), max_size=30), max_size=6))
-def test_done_indices_is_the_union_of_what_was_written(
-    store: RunStore, batches: list[set[int]]
-) -> None:
-    rid = store.create_run("evaluate", {})
-    ev = store.ensure_evaluation(rid, "fgsm", "linf", 0.1, {})
-    for b in batches:
-        store.add_samples(ev, [_row(i) for i in sorted(b)])
-    expected = set().union(*batches) if batches else set()
-    assert store.done_indices(ev) == expected
-    assert store.count_samples(ev) == len(expected)
+def test_one_json_rule_for_non_finite_numbers() -> None:
+    obj = {"b": [1.0, math.inf, -math.inf, math.nan], "a": (torch.tensor([1, 2]), Path("p"))}
+    assert plain(obj) == {"b": [1.0, "inf", "-inf", None], "a": [[1, 2], "p"]}
+    assert canonical_json({"y": 1, "x": 2}) == canonical_json({"x": 2, "y": 1}) == '{"x":2,"y":1}'
+    assert [from_plain_float(v) for v in ("inf", "-inf", 2.5)] == [math.inf, -math.inf, 2.5]
+    assert math.isnan(from_plain_float(None))
+    with pytest.raises(ConfigError, match="JSON"):
+        canonical_json({"f": object()})
+    assert "object" in pretty_json({"f": object()})  # display-only files never fail
+
+
+# -- leases ----------------------------------------------------------------------------------------
+
+
+def test_claim_creates_resumes_and_waits(store: RunStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = {"model": "m", "eps": [0.1]}
+    first = claim(store, "audit", cfg, {"p": 1})
+    assert first.action == "new"
+    run = store.get_run(first.run_id)
+    assert run.owner == lease_mod.owner_id() and is_alive(run)
+    assert claim(store, "audit", cfg, {}).action == "wait"  # our own live lease counts too
+    assert claim(store, "audit", {"other": 1}, {}).action == "new"  # another config is unrelated
+    # the owner stops beating: after the stale time the run is abandoned and resumed
+    assert not is_alive(run, now=time.time() + lease_mod.STALE_SECONDS + 1)
+    store.finish_run(first.run_id, "interrupted")
+    again = claim(store, "audit", cfg, {})
+    assert (again.action, again.run_id) == ("resume", first.run_id)
+    store.finish_run(first.run_id, "complete")
+    assert claim(store, "audit", cfg, {}).action == "new"  # complete runs are never resumed
+
+
+def test_a_run_whose_owner_process_is_gone_is_abandoned(store: RunStore) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    rid = store.create_run(
+        "audit", {"x": 1}, owner=f"{os.uname().nodename}:{dead.stdout.strip()}:t"
+    )
+    run = store.get_run(rid)
+    assert run.heartbeat is not None and time.time() - run.heartbeat < 5  # fresh, yet...
+    assert not is_alive(run)  # ...its process is gone
+    assert claim(store, "audit", {"x": 1}, {}).action == "resume"
+
+
+def test_heartbeat_keeps_the_lease_fresh(store: RunStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lease_mod, "HEARTBEAT_SECONDS", 0.05)
+    got = claim(store, "audit", {"h": 1}, {})
+    before = store.get_run(got.run_id).heartbeat
+    assert before is not None
+    with Heartbeat(store.path, got.run_id):
+        time.sleep(0.4)
+    after = store.get_run(got.run_id).heartbeat
+    assert after is not None and after > before

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from advlab import ThreatModel
 from advlab.errors import ConfigError, InputError
+from advlab.rng import SampleRNG
 from advlab.threat import check_inputs, lp_norms, project_l1_box
 
 NORMS = ["linf", "l2", "l1"]
@@ -34,7 +35,7 @@ def test_inf_eps_is_box_only() -> None:
     assert torch.equal(out, torch.ones_like(x))
     assert tm.contains(out, x).all()
     with pytest.raises(ConfigError, match="finite eps"):
-        tm.random_start(x)
+        tm.random_start(x, SampleRNG(0, 2))
 
 
 @settings(max_examples=60, deadline=None)
@@ -102,9 +103,12 @@ def test_l0_projection_keeps_largest() -> None:
 def test_random_start_inside_and_seeded(norm: str) -> None:
     tm = ThreatModel(norm, 0.5)
     x = torch.rand(8, 1, 6, 6, generator=torch.Generator().manual_seed(0))
-    a = tm.random_start(x, generator=torch.Generator().manual_seed(5))
-    b = tm.random_start(x, generator=torch.Generator().manual_seed(5))
+    a = tm.random_start(x, SampleRNG(5, 8))
+    b = tm.random_start(x, SampleRNG(5, 8))
     assert torch.equal(a, b)
+    # a sample's start depends on its stream, not on the batch it is in
+    c = tm.random_start(x[3:5], SampleRNG(5, 8), torch.tensor([3, 4]))
+    assert torch.equal(c, a[3:5])
     assert tm.contains(a, x).all()
     assert not torch.equal(a, x)
     if norm != "linf":  # L2/L1 radii spread through the ball rather than sitting on the sphere

@@ -2,9 +2,13 @@
 
 ``advlab audit`` with no arguments trains the default ``papernot-mnist`` model on the embedded
 ``mnist5k`` data (or reuses the copy cached in :func:`advlab.paths.cache_dir`), runs FGSM and
-PGD over an L-inf eps grid on the 1,000 test images, and writes the run store rows and an HTML
-and JSON report. An interrupted audit resumes where it stopped: the run store keeps every
-finished batch, and re-running the same command skips them.
+PGD over an L-inf eps grid on the 1,000 test images, and writes the records to the run store and
+an HTML and JSON report.
+
+Runs are leased (:mod:`advlab.store.lease`): an interrupted audit is resumed by the next identical
+one (the store keeps every finished batch), an identical audit that is still running in another
+process is waited for and its results reused, and an audit that fails is marked ``failed`` with
+the reason.
 """
 
 from __future__ import annotations
@@ -12,37 +16,38 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from advlab.attacks import get_attack
-from advlab.attacks.base import check_model
+from advlab.attacks.base import probe
 from advlab.data import Dataset, load_dataset
-from advlab.defenses import TrainConfig, evaluate_accuracy, train
-from advlab.errors import ConfigError, InputError
-from advlab.evaluate import AttackConfig, Evaluation, evaluate
-from advlab.evaluate.engine import attack_parameters
-from advlab.models import build_model, load_model, save_model
+from advlab.defenses import TrainConfig, train_and_save
+from advlab.errors import ConfigError
+from advlab.evaluate import AttackConfig, EvalConfig, Evaluation, evaluate
+from advlab.evaluate.engine import summary as run_summary
+from advlab.models import load_model
+from advlab.oracle import ModuleOracle
 from advlab.paths import cache_dir
+from advlab.provenance import capture
 from advlab.registry import MODELS
 from advlab.report import write_html_report, write_json_report
-from advlab.store import RunStore, environment_info
+from advlab.store import RunStore, StoreSink
+from advlab.store.lease import STALE_SECONDS, Heartbeat, claim
 from advlab.threat import ThreatModel
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[dict[str, Any]], None]
 
-#: How the default model is trained when no cached copy exists.
-DEFAULT_TRAINING = {
-    "epochs": 8, "batch_size": 64, "lr": 1e-3, "optimizer": "adam", "scheduler": "cosine", "seed": 0,
-}  # fmt: skip
+#: Seconds between two looks at a live identical audit that this one waits for.
+WAIT_POLL_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -55,12 +60,14 @@ class AuditConfig:
         data_dir: where standard datasets live (else ``$ADVLAB_DATA``).
         factory: ``package.module:function`` building the user's model, for a weights file.
         norm, eps: the threat model's norm and the eps grid.
-        attacks: registered attack names (bounded attacks such as fgsm and pgd).
-        steps: iterations for iterative attacks.
+        attacks: registered attack names: eps-bounded ones (fgsm, pgd, ...) run at every eps,
+            minimal-perturbation ones (cw-l2, deepfool, ...) once, read at every eps.
+        steps: iterations of the eps-bounded iterative attacks (pgd, bim).
         n: number of test samples (the first n), ``None`` for all.
         batch_size: samples per attack batch.
-        seed: seeds training of the default model and the attacks' random starts.
-        training: overrides of :data:`DEFAULT_TRAINING` for the default model.
+        seed: seeds training of the default model and the attacks' random streams.
+        training: overrides of :class:`~advlab.defenses.TrainConfig`'s defaults for the
+            default model.
         unsafe_allow_pickle: allow loading a pickled model (runs code from the file).
     """
 
@@ -79,26 +86,37 @@ class AuditConfig:
     unsafe_allow_pickle: bool = False
 
     def __post_init__(self) -> None:
-        for e in self.eps:
-            ThreatModel(self.norm, e)  # validates norm and each eps
         if not self.eps:
             raise ConfigError("the eps grid is empty; pass e.g. --eps 0,0.1,0.3")
+        self.threats()  # validates the norm and each eps
+        if not self.attacks:
+            raise ConfigError("no attacks given; pass e.g. --attacks fgsm,pgd")
         for a in self.attacks:
             spec = get_attack(a)
-            if spec.minimal:
-                raise ConfigError(
-                    f"{a!r} searches for a minimal perturbation and has no eps; audit runs "
-                    "eps-bounded attacks such as fgsm, pgd"
-                )
             if self.norm not in spec.norms:
-                raise ConfigError(f"attack {a!r} does not support norm {self.norm!r}")
+                raise ConfigError(
+                    f"attack {a!r} supports norms {', '.join(spec.norms)}, not {self.norm!r}"
+                )
         if self.n is not None and self.n < 1:
             raise ConfigError(f"n must be >= 1, got {self.n}")
         if self.batch_size < 1 or self.steps < 1:
             raise ConfigError("batch_size and steps must be >= 1")
-        unknown = set(self.training) - set(TrainConfig.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"unknown training options {sorted(unknown)}")
+        TrainConfig.from_dict({**TrainConfig().to_dict(), **self.training})
+
+    def threats(self) -> list[ThreatModel]:
+        """The grid as threat models."""
+        for e in self.eps:
+            if (
+                not isinstance(e, int | float)
+                or e != e
+                or e in (float("inf"), float("-inf"))
+                or e < 0
+            ):
+                raise ConfigError(
+                    f"each eps of the grid must be a finite number >= 0 (inf means unbounded, "
+                    f"which only a minimal attack's own threat model allows), got {e!r}"
+                )
+        return [ThreatModel(self.norm, e) for e in self.eps]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -109,9 +127,16 @@ class AuditConfig:
         out = []
         for a in self.attacks:
             spec = get_attack(a)
-            params = {"steps": self.steps} if "steps" in (attack_parameters(spec) or ()) else {}
+            params = {"steps": self.steps} if "steps" in spec.defaults and not spec.minimal else {}
             out.append(AttackConfig(a, params))
         return out
+
+    def training_config(self) -> TrainConfig:
+        """How the default model is trained: TrainConfig's defaults, the audit's seed, and the
+        ``training`` overrides."""
+        return TrainConfig.from_dict(
+            {**TrainConfig().to_dict(), "seed": self.seed, **self.training}
+        )
 
 
 @dataclass
@@ -121,6 +146,7 @@ class AuditOutcome:
     model_info: dict[str, Any]
     html: Path
     json: Path
+    reused: bool = False
 
 
 def _emit(progress: Progress | None, **event: Any) -> None:
@@ -128,50 +154,50 @@ def _emit(progress: Progress | None, **event: Any) -> None:
         progress(event)
 
 
-def prepare_model(
-    cfg: AuditConfig, data_train: Dataset | None, data_test: Dataset, progress: Progress | None
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Load the user's model, or train/reuse the cached zoo model."""
+def check_out_dir(out_dir: Path) -> Path:
+    """Fail at the door when the report folder cannot be created or written."""
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; pass a folder for the reports")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe_file = out / f".advlab-write-test-{os.getpid()}"
+        probe_file.write_bytes(b"")
+        probe_file.unlink()
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write reports to --out {out} ({e.strerror or e}); pass a writable folder"
+        ) from None
+    return out
+
+
+def prepare_model(cfg: AuditConfig, progress: Progress | None) -> tuple[nn.Module, dict[str, Any]]:
+    """Load the user's model, or train (or reuse the cached copy of) the zoo model."""
     if cfg.model not in MODELS:
         path = Path(cfg.model).expanduser()
         model, meta = load_model(
             path, factory=cfg.factory, allow_unsafe_pickle=cfg.unsafe_allow_pickle
         )
         return model.eval(), {"source": str(path), **meta}
-    if data_train is None or len(data_train) == 0:
-        raise InputError(
-            f"dataset {cfg.data!r} has no training split to train {cfg.model!r} on; pass a "
-            "trained model with --model PATH or use a dataset with a train split"
-        )
-    tcfg = {**DEFAULT_TRAINING, "seed": cfg.seed, **cfg.training}
-    c, h, w = data_train.input_shape
-    arch_kwargs = {"num_classes": data_train.num_classes, "in_shape": [c, h, w]}
-    key_src = json.dumps({"arch": cfg.model, "data": cfg.data, "kw": arch_kwargs, "train": tcfg},
+    tcfg = cfg.training_config()
+    key_src = json.dumps({"arch": cfg.model, "data": cfg.data, "train": tcfg.to_dict()},
                          sort_keys=True)  # fmt: skip
     key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
-    stem = cache_dir() / "models" / f"{cfg.model}-{cfg.data}-{key}"
-    weights = stem.with_suffix(".safetensors")
+    weights = cache_dir() / "models" / f"{cfg.model}-{cfg.data}-{key}.safetensors"
     if weights.exists():
         _emit(progress, stage="model", message=f"reusing cached model {weights}")
         model, meta = load_model(weights)
         return model.eval(), {"source": str(weights), "cached": True, **meta}
-    model = build_model(
-        cfg.model, seed=tcfg["seed"], num_classes=data_train.num_classes, in_shape=(c, h, w)
-    )
     _emit(progress, stage="model", message=f"training {cfg.model} on {cfg.data} (cached after)")
-    train_cfg = TrainConfig(**tcfg)
-    train(
-        model, data_train, train_cfg, checkpoint_path=stem.with_suffix(".ckpt"), progress=progress
+    model, meta = train_and_save(
+        cfg.model, cfg.data, tcfg, weights, data_dir=cfg.data_dir, progress=progress
     )
-    model.eval()
-    acc = evaluate_accuracy(model, data_test, batch_size=cfg.batch_size)
-    save_model(
-        model, weights, arch=cfg.model, arch_kwargs=arch_kwargs, dataset=cfg.data,
-        clean_accuracy=acc, recipe={"name": train_cfg.recipe, **tcfg}, seed=cfg.seed,
-    )  # fmt: skip
-    stem.with_suffix(".ckpt").unlink(missing_ok=True)
-    _, meta = load_model(weights)
     return model, {"source": str(weights), "cached": False, **meta}
+
+
+def _input_shape(meta: dict[str, Any]) -> tuple[int, ...] | None:
+    shape = (meta.get("arch_kwargs") or {}).get("in_shape")
+    return tuple(int(s) for s in shape) if isinstance(shape, list | tuple) else None
 
 
 def run_audit(
@@ -181,45 +207,99 @@ def run_audit(
     out_dir: Path,
     progress: Progress | None = None,
 ) -> AuditOutcome:
-    """Run an audit end to end (see module docstring). Resumes an interrupted identical audit."""
+    """Run an audit end to end (module docstring).
+
+    Raises:
+        ConfigError: the report folder cannot be written (checked before any work).
+    """
     t0 = time.perf_counter()
+    out_dir = check_out_dir(out_dir)
     splits = load_dataset(cfg.data, data_dir=cfg.data_dir)
-    test = splits.test.take(cfg.n)
-    model, model_info = prepare_model(cfg, splits.train, test, progress)
-    check_model(model, test.x, test.y, test.num_classes)
+    test: Dataset = splits.test.take(cfg.n)
+    model, model_info = prepare_model(cfg, progress)
+    oracle = probe(ModuleOracle(model, input_shape=_input_shape(model_info)), test.x,
+                   test.num_classes)  # fmt: skip
     config = cfg.to_dict()
     config["model_sha256"] = model_info.get("weights_sha256")
-    run_id = store.find_resumable("audit", config)
-    if run_id is None:
-        run_id = store.create_run("audit", config, environment=environment_info(cfg.seed))
-    else:
-        store.set_status(run_id, "running")
+    provenance = capture(seed=cfg.seed, config=config)
+    waited = False
+    while True:
+        got = claim(store, "audit", config, provenance)
+        if got.action != "wait":
+            break
+        if not waited:
+            _emit(progress, stage="wait", message=(
+                f"an identical audit is running (run {got.run_id}, process {got.owner}); waiting "
+                f"for it to finish (its lease expires {STALE_SECONDS:.0f} s after its owner stops)"
+            ))  # fmt: skip
+            waited = True
+        time.sleep(WAIT_POLL_SECONDS)
+        if store.get_run(got.run_id).status == "complete":
+            return _reuse(cfg, store, got.run_id, out_dir, model, model_info, test, progress)
+    run_id = got.run_id
+    if got.action == "resume":
         _emit(progress, stage="resume", message=f"resuming interrupted run {run_id}")
+        provenance = store.get_run(run_id).provenance
     try:
-        ev = evaluate(
-            model, test, attacks=cfg.attack_configs(), norm=cfg.norm, eps_grid=list(cfg.eps),
-            batch_size=cfg.batch_size, seed=cfg.seed, store=store, run_id=run_id,
-            progress=progress,
-        )  # fmt: skip
+        with Heartbeat(store.path, run_id):
+            ev = evaluate(
+                oracle, test, cfg.attack_configs(), cfg.threats(),
+                EvalConfig(batch_size=cfg.batch_size, seed=cfg.seed),
+                sink=StoreSink(store, run_id), progress=progress, provenance=provenance,
+            )  # fmt: skip
+            html, js = _reports(cfg, run_id, ev, model_info, test, splits.meta, out_dir, t0)
     except KeyboardInterrupt:
-        store.finish_run(run_id, "interrupted", None)
+        store.finish_run(run_id, "interrupted")
         raise
-    except BaseException:
-        store.finish_run(run_id, "failed", None)
+    except BaseException as e:
+        store.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}"[:2000])
         raise
+    store.finish_run(run_id, "complete", {**run_summary(ev), "report": str(html)})
+    return AuditOutcome(run_id, ev, model_info, html, js)
+
+
+def _reports(
+    cfg: AuditConfig,
+    run_id: str,
+    ev: Evaluation,
+    model_info: dict[str, Any],
+    test: Dataset,
+    data_meta: dict[str, Any],
+    out_dir: Path,
+    t0: float,
+) -> tuple[Path, Path]:
     extra = {
         "title": f"advlab audit: {cfg.model} on {cfg.data}",
         "run_id": run_id,
         "model": {k: v for k, v in model_info.items() if k != "versions"} | {"name": cfg.model},
-        "dataset": {"name": cfg.data, "n": len(test), **splits.meta},
-        "config": config,
-        "seed": cfg.seed,
+        "dataset": {"name": cfg.data, "n": len(test), **data_meta},
+        "config": cfg.to_dict(),
         "wall_time": time.perf_counter() - t0,
-        "torch_threads": torch.get_num_threads(),
     }
-    run_dir = Path(out_dir) / run_id
+    run_dir = out_dir / run_id
     json_path = write_json_report(run_dir / "report.json", ev, extra)
     html_path = write_html_report(run_dir / "report.html", ev, extra)
-    summary = {"clean_accuracy": ev.clean_accuracy, "report": str(html_path)}
-    store.finish_run(run_id, "complete", summary)
-    return AuditOutcome(run_id, ev, model_info, html_path, json_path)
+    return html_path, json_path
+
+
+def _reuse(
+    cfg: AuditConfig,
+    store: RunStore,
+    run_id: str,
+    out_dir: Path,
+    model: nn.Module,
+    model_info: dict[str, Any],
+    test: Dataset,
+    progress: Progress | None,
+) -> AuditOutcome:
+    """The results of an identical audit that another process completed while this one waited
+    (read from the store: nothing is recomputed and the reports are not written again)."""
+    run = store.get_run(run_id)
+    _emit(progress, stage="reuse", message=f"reusing run {run_id}, completed by another process")
+    ev = evaluate(
+        ModuleOracle(model), test, cfg.attack_configs(), cfg.threats(),
+        EvalConfig(batch_size=cfg.batch_size, seed=cfg.seed),
+        sink=StoreSink(store, run_id), provenance=run.provenance,
+    )  # fmt: skip
+    html = Path((run.summary or {}).get("report") or out_dir / run_id / "report.html")
+    return AuditOutcome(run_id, ev, model_info, html, html.with_name("report.json"), reused=True)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from advlab.errors import ConfigError, InputError
+from advlab.rng import SampleRNG
 
 NORMS: tuple[str, ...] = ("linf", "l2", "l1", "l0")
 #: Relative tolerance used by :meth:`ThreatModel.contains` for floating-point round-off.
@@ -86,6 +87,19 @@ def project_l1_box(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor, iters: int = 
     s = mag.sum(dim=1)
     scale = torch.where(s > eps, eps / s.clamp(min=1e-30), torch.ones_like(s))
     return torch.sign(v) * mag * scale[:, None]
+
+
+def within(norms: Tensor, norm: str, eps: float) -> Tensor:
+    """``norms <= eps`` up to float round-off: the one tolerance rule of advlab.
+
+    A perturbation projected onto a ball of radius ``eps`` can measure a few ulps above it; it
+    counts as inside when ``norm <= eps + ATOL + RTOL * max(1, eps)``. ``l0`` counts features
+    and has no tolerance. Used by :meth:`ThreatModel.contains` and by the evaluation engine when
+    it reads a minimal attack's perturbation at each ``eps`` of a grid.
+    """
+    if norm == "l0" or not math.isfinite(eps):
+        return norms <= eps
+    return norms <= eps + ATOL + RTOL * max(1.0, eps)
 
 
 @dataclass(frozen=True)
@@ -190,11 +204,9 @@ class ThreatModel:
         in_box = ((flat >= self.lower - tol) & (flat <= self.upper + tol)).all(dim=1)
         if not self.bounded:
             return in_box
-        n = self.norms(x_adv - x)
-        slack = 0.0 if self.norm == "l0" else ATOL + RTOL * max(1.0, self.eps)
-        return in_box & (n <= self.eps + slack)
+        return in_box & within(self.norms(x_adv - x), self.norm, self.eps)
 
-    def random_start(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    def random_start(self, x: Tensor, rng: SampleRNG, rows: Tensor | None = None) -> Tensor:
         """A random point of the threat set around each ``x``.
 
         * ``linf``: uniform in the cube, then clamped to the box.
@@ -205,23 +217,28 @@ class ThreatModel:
           the starts through the ball instead. On MNIST PGD-L2 (eps 2, 40 steps) the uniform
           radius leaves 11.5% robust accuracy against 13.1% for the volume draw
           (``bench/l2_random_start.py``; docs/threat-model.md).
+
+        Args:
+            x: ``(n, *)`` the centres.
+            rng: per-sample random streams; row ``j`` of ``x`` draws from stream ``rows[j]``.
+            rows: ``(n,)`` which stream each row of ``x`` uses (default: ``0 .. n-1``), so that
+                a sample's start does not depend on which other samples share its batch.
         """
         if not self.bounded:
             raise ConfigError("a random start needs a finite eps; set eps or random_start=False")
         if self.norm == "l0":
             raise ConfigError("random starts are not defined for l0; use random_start=False")
-        b = x.shape[0]
+        shape, dt, dev = tuple(x.shape[1:]), x.dtype, x.device
         if self.norm == "linf":
-            u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            u = rng.uniform(shape, rows, dtype=dt, device=dev)
             return self.project(x + (2 * u - 1) * self.eps, x)
         if self.norm == "l2":
-            d = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            d = rng.normal(shape, rows, dtype=dt, device=dev)
         else:
-            e = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            s = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            d = -torch.log1p(-e.clamp(max=1 - 1e-7)) * torch.sign(s - 0.5)  # Laplace(0, 1)
+            e = rng.uniform((2, *shape), rows, dtype=dt, device=dev)
+            d = -torch.log1p(-e[:, 0]) * torch.sign(e[:, 1] - 0.5)  # Laplace(0, 1)
         n = lp_norms(d, self.norm).clamp(min=1e-12)
-        r = torch.rand(b, generator=generator, device=x.device, dtype=x.dtype) * self.eps
+        r = rng.uniform((), rows, dtype=dt, device=dev) * self.eps
         d = d * (r / n).view(-1, *([1] * (x.dim() - 1)))
         return self.project(x + d, x)
 

@@ -1,6 +1,15 @@
 """Attacks. Importing this package registers every built-in attack in :data:`advlab.registry.ATTACKS`."""
 
-from advlab.attacks.base import AttackSpec, finalize, get_attack, margin, register_attack
+from advlab.attacks.base import (
+    AttackRun,
+    AttackSpec,
+    finalize,
+    get_attack,
+    margin,
+    probe,
+    register_attack,
+    run_attack,
+)
 from advlab.attacks.bim import bim
 from advlab.attacks.cw import cw_l0, cw_l2, cw_linf
 from advlab.attacks.deepfool import deepfool
@@ -10,6 +19,7 @@ from advlab.attacks.lbfgs import lbfgs
 from advlab.attacks.targets import all_other_targets, select_targets, targeted_cases
 
 __all__ = [
+    "AttackRun",
     "AttackSpec",
     "all_other_targets",
     "bim",
@@ -24,7 +34,9 @@ __all__ = [
     "lbfgs",
     "margin",
     "pgd",
+    "probe",
     "register_attack",
+    "run_attack",
     "select_targets",
     "targeted_cases",
 ]

@@ -10,15 +10,11 @@ Reference:
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from typing import Any
 
-import torch
-from torch import Tensor, nn
-
-from advlab.attacks.base import register_attack
-from advlab.attacks.gradient import pgd
+from advlab.attacks.base import AttackRun, get_attack, register_attack
+from advlab.attacks.gradient import _check_pgd
 from advlab.errors import ConfigError
-from advlab.results import AttackResult
 from advlab.threat import ThreatModel
 
 #: Grey levels in the image range of Kurakin et al.; their unit step is one level.
@@ -37,64 +33,63 @@ def kurakin_steps(threat: ThreatModel) -> int:
     )  # guard against round-off just above an integer
 
 
-@register_attack("bim", norms=("linf",))
+def _check_bim(
+    threat: ThreatModel, *, steps: int | None, step_size: float | None, loss: str,
+    early_stop: bool,
+) -> None:  # fmt: skip
+    if not threat.bounded:
+        raise ConfigError("bim needs a finite eps; e.g. ThreatModel('linf', 8 / 255)")
+    _check_pgd(
+        threat, steps=steps if steps is not None else 1, step_size=step_size, restarts=1,
+        random_start=False, loss=loss, early_stop=early_stop, l1_sparsity=0.0,
+    )  # fmt: skip
+
+
+def _resolve_bim(threat: ThreatModel, params: dict[str, Any]) -> dict[str, Any]:
+    out = dict(params)
+    if out["steps"] is None:
+        out["steps"] = kurakin_steps(threat)
+    if out["step_size"] is None:
+        out["step_size"] = (threat.upper - threat.lower) / LEVELS
+    return out
+
+
+@register_attack("bim", norms=("linf",), check=_check_bim, resolve=_resolve_bim)
 def bim(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    threat: ThreatModel,
+    run: AttackRun,
     *,
     steps: int | None = None,
     step_size: float | None = None,
-    target: Tensor | None = None,
     loss: str = "ce",
     early_stop: bool = True,
-    generator: torch.Generator | None = None,
-) -> AttackResult:
+) -> None:
     """Basic Iterative Method: FGSM steps of one grey level, clipped to the eps-ball and box.
 
     ``x_{n+1} = clip(x_n + step_size * sign(grad loss(x_n)))``, starting at ``x`` (no random
     start, one run). This is :func:`~advlab.attacks.gradient.pgd` in L-inf with
-    ``random_start=False`` and ``restarts=1``, and it delegates to it: the best iterate by the
-    C&W margin is returned, so a success found along the way is never lost. With ``target`` set
-    to the least-likely class (:func:`~advlab.attacks.targets.select_targets` with
+    ``random_start=False`` and ``restarts=1``, and it runs PGD's algorithm: the best iterate by
+    the C&W margin is returned, so a success found along the way is never lost. With ``target``
+    set to the least-likely class (:func:`~advlab.attacks.targets.select_targets` with
     ``"least-likely"``) it is Kurakin et al.'s iterative least-likely class method.
 
     Args:
-        model: classifier returning logits; used as is (its train/eval mode is not changed).
-        x: ``(B, *)`` inputs inside the box.
-        y: ``(B,)`` true labels.
-        threat: ``linf`` with a finite eps.
-        steps: iterations; default Kurakin's ``ceil(min(e + 4, 1.25 e))`` with ``e`` the radius
-            in grey levels (:func:`kurakin_steps`).
-        step_size: absolute step; default one grey level, ``(upper - lower) / 256``.
-        target: ``(B,)`` target classes for a targeted attack.
+        steps: iterations; ``None``: Kurakin's ``ceil(min(e + 4, 1.25 e))`` with ``e`` the
+            radius in grey levels (:func:`kurakin_steps`).
+        step_size: absolute step; ``None``: one grey level, ``(upper - lower) / 256``.
         loss: ``"ce"`` (cross-entropy, as in the paper) or ``"margin"``.
         early_stop: stop working on a sample once it is fooled (robust accuracy is unchanged).
-        generator: unused (no random start); accepted for a uniform signature.
 
-    Shape:
-        x: ``(B, *)``; the output matches.
+    Call: ``bim(model, x, y, threat, *, target=None, seed=0, **params)`` with an ``linf`` threat
+    model of finite eps; deterministic (``seed`` is unused).
 
     Returns:
-        AttackResult named ``"bim"``; ``queries`` counts forward(+backward) passes per sample.
+        AttackResult named ``"bim"``; ``queries`` counts images per sample, verification included.
 
     Example:
         >>> res = bim(model, x, y, ThreatModel("linf", 8 / 255))
         >>> res.robust_accuracy
     """
-    if not isinstance(threat, ThreatModel) or threat.norm != "linf":
-        norm = threat.norm if isinstance(threat, ThreatModel) else type(threat).__name__
-        raise ConfigError(f"bim works in the linf threat model, not {norm!r}")
-    if not threat.bounded:
-        raise ConfigError("bim needs a finite eps; e.g. ThreatModel('linf', 8 / 255)")
-    if steps is None:
-        steps = kurakin_steps(threat)
-    if step_size is None:
-        step_size = (threat.upper - threat.lower) / LEVELS
-    res = pgd(
-        model, x, y, threat, steps=steps, step_size=step_size, restarts=1, random_start=False,
-        target=target, loss=loss, early_stop=early_stop, generator=generator,
+    get_attack("pgd").algorithm(
+        run, steps=steps, step_size=step_size, restarts=1, random_start=False, loss=loss,
+        early_stop=early_stop, l1_sparsity=0.95,
     )  # fmt: skip
-    params = {"steps": steps, "step_size": step_size, "loss": loss, "early_stop": early_stop}
-    return replace(res, attack="bim", params=params)

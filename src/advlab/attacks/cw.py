@@ -64,21 +64,18 @@ Reference:
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from advlab.attacks.base import (
+    AttackRun,
     check_count,
     check_positive,
-    finalize,
     margin,
-    prepare,
     register_attack,
 )
 from advlab.errors import ConfigError
-from advlab.results import AttackResult
 from advlab.threat import ThreatModel
 
 SOLVERS = ("adam", "sgd", "momentum")
@@ -201,22 +198,26 @@ def _check_common(confidence: float, lr: float, steps: int, solver: str = "adam"
         raise ConfigError(f"unknown solver {solver!r}; use one of {', '.join(SOLVERS)}")
 
 
-def _start(
-    model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, confidence: float
-) -> Tensor:
-    """Which samples already succeed at ``x`` (they need no perturbation)."""
-    with torch.no_grad():
-        return _succeeds(margin(model(x), y, target), confidence)
+def _start(run: AttackRun, confidence: float) -> Tensor:
+    """Which samples already succeed at ``x`` (they need no perturbation): one query each."""
+    return _succeeds(margin(run.scores(run.x), run.y, run.target), confidence)
 
 
-@register_attack("cw-l2", norms=("l2",), minimal=True)
+def _check_l2(
+    threat: ThreatModel, *, confidence: float, c_init: float, binary_search_steps: int,
+    steps: int, lr: float, solver: str, momentum: float, abort_early: bool,
+) -> None:  # fmt: skip
+    _check_common(confidence, lr, steps, solver)
+    check_count(binary_search_steps=binary_search_steps)
+    check_positive(c_init=c_init)
+    if not 0 <= momentum < 1:
+        raise ConfigError(f"momentum must be in [0, 1), got {momentum!r}")
+
+
+@register_attack("cw-l2", norms=("l2",), minimal=True, check=_check_l2)
 def cw_l2(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    threat: ThreatModel,
+    run: AttackRun,
     *,
-    target: Tensor | None = None,
     confidence: float = 0.0,
     c_init: float = 1e-3,
     binary_search_steps: int = 9,
@@ -225,8 +226,7 @@ def cw_l2(
     solver: str = "adam",
     momentum: float = 0.9,
     abort_early: bool = True,
-    generator: torch.Generator | None = None,
-) -> AttackResult:
+) -> None:
     """Carlini-Wagner L2 attack: tanh box, f6 objective, binary search over c (C&W 2017).
 
     Minimizes ``||x' - x||_2^2 + c * max(kappa - margin(x'), 0)`` over the tanh variable ``w``
@@ -280,27 +280,11 @@ def cw_l2(
         >>> res = cw_l2(model, x, y, ThreatModel("l2", math.inf), steps=1000)
         >>> res.norms[res.success].median()
     """
-    prepare(x, y, threat, target)
-    _check_common(confidence, lr, steps, solver)
-    check_count(binary_search_steps=binary_search_steps)
-    check_positive(c_init=c_init)
-    if not 0 <= momentum < 1:
-        raise ConfigError(f"momentum must be in [0, 1), got {momentum!r}")
-    params = {
-        "confidence": confidence, "c_init": c_init, "binary_search_steps": binary_search_steps,
-        "steps": steps, "lr": lr, "solver": solver, "momentum": momentum,
-        "abort_early": abort_early,
-    }  # fmt: skip
-    x = x.detach()
+    x, y, threat, target, best = run.x, run.y, run.threat, run.target, run.best
     b, dev, dt = x.shape[0], x.device, x.dtype
-    queries = torch.ones(b, dtype=torch.long, device=dev)
-    if threat.eps == 0:
-        return finalize(
-            model, x, y, x, threat, attack="cw-l2", params=params, queries=queries, target=target
-        )
     space = _Space(x, threat, TANH_SHRINK["cw-l2"])
-    best, best_d = x.clone(), torch.full((b,), math.inf, device=dev, dtype=dt)
-    best_d[_start(model, x, y, target, confidence)] = 0.0
+    best_d = torch.full((b,), math.inf, device=dev, dtype=dt)
+    best_d[_start(run, confidence)] = 0.0
     todo = torch.nonzero(best_d > 0).squeeze(1)
     c = torch.full((b,), float(c_init), device=dev, dtype=_cdtype(dt))
     lo = torch.zeros_like(c)
@@ -323,8 +307,7 @@ def cw_l2(
         opt = _Solver(solver, lr, momentum, w)
         for it in range(steps):
             x_adv, u = space.point(w, xs, t0, space.half, r_up, r_dn)
-            logits = model(x_adv)
-            queries[idx] += 1
+            logits = run.scores(x_adv, idx, grad=True)
             d = _sqdist(x_adv, xs)
             m = margin(logits, ys, ts)
             loss = d + cs * (confidence - m).clamp(min=0)
@@ -359,9 +342,6 @@ def cw_l2(
         hi = torch.where(ok, torch.minimum(hi, c), hi)
         lo = torch.where(ok, lo, torch.maximum(lo, c))
         c = torch.where(ok | (hi < _C_UNBOUNDED / 10), (lo + hi) / 2, c * 10)
-    return finalize(
-        model, x, y, best, threat, attack="cw-l2", params=params, queries=queries, target=target
-    )
 
 
 def _changed_pixels(delta: Tensor, tol: float = 0.0) -> Tensor:
@@ -382,7 +362,7 @@ def _pixel_sum(t: Tensor) -> Tensor:
 
 
 def _inner_solve(
-    model: nn.Module,
+    run: AttackRun,
     space: _Space,
     idx: Tensor,
     x: Tensor,
@@ -390,7 +370,6 @@ def _inner_solve(
     target: Tensor | None,
     w: Tensor,
     c: Tensor,
-    queries: Tensor,
     best: Tensor,
     best_score: Tensor,
     *,
@@ -414,7 +393,7 @@ def _inner_solve(
     otherwise it runs the whole block and keeps the block's last solution.
 
     Every successful iterate also competes for the per-sample ``best`` (smallest L-inf, or fewest
-    changed pixels for L0); ``best``, ``best_score`` and ``queries`` are updated in place.
+    changed pixels for L0); ``best`` and ``best_score`` are updated in place.
 
     Shape:
         ``x, w, slope``: ``(n, *)`` rows of samples ``idx``; ``c, tau``: ``(n,)``.
@@ -438,8 +417,7 @@ def _inner_solve(
             ts = target[live] if target is not None else None
             sl = sl_all[live] if slope is not None else _bcast(sl_all[live], xs)
             x_adv, u = space.point(ws, xs, t0[live], sl, space.r_up[gidx], space.r_dn[gidx])
-            m = margin(model(x_adv), y[live], ts)
-            queries[gidx] += 1
+            m = margin(run.scores(x_adv, gidx, grad=True), y[live], ts)
             diff = x_adv - xs
             if tau is not None:
                 pen = (diff.abs() - _bcast(tau[live], diff)).clamp(min=0).flatten(1).sum(dim=1)
@@ -491,14 +469,24 @@ def _check_rounds(c_init: float, c_max: float, c_factor: float, max_rounds: int 
         check_count(max_rounds=max_rounds)
 
 
-@register_attack("cw-linf", norms=("linf",), minimal=True)
+def _check_linf(
+    threat: ThreatModel, *, confidence: float, c_init: float, c_max: float, c_factor: float,
+    tau_decay: float, tau_min: float, steps: int, lr: float, max_rounds: int, abort_early: bool,
+) -> None:  # fmt: skip
+    _check_common(confidence, lr, steps)
+    _check_rounds(c_init, c_max, c_factor, max_rounds)
+    if not 0 < tau_decay < 1:
+        raise ConfigError(f"tau_decay must be in (0, 1), got {tau_decay!r}")
+    if not 0 <= tau_min < 1:
+        raise ConfigError(
+            f"tau_min must be in [0, 1) (a fraction of the input range), got {tau_min!r}"
+        )
+
+
+@register_attack("cw-linf", norms=("linf",), minimal=True, check=_check_linf)
 def cw_linf(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    threat: ThreatModel,
+    run: AttackRun,
     *,
-    target: Tensor | None = None,
     confidence: float = 0.0,
     c_init: float = 1e-5,
     c_max: float = 20.0,
@@ -509,8 +497,7 @@ def cw_linf(
     lr: float = 5e-3,
     max_rounds: int = 100,
     abort_early: bool = True,
-    generator: torch.Generator | None = None,
-) -> AttackResult:
+) -> None:
     """Carlini-Wagner L-inf attack: the tau-penalty scheme over a shrinking tau (C&W 2017).
 
     Each round minimizes ``c * max(kappa - margin(x'), 0) + sum_i max(|x'_i - x_i| - tau, 0)``
@@ -556,31 +543,12 @@ def cw_linf(
         >>> res = cw_linf(model, x, y, ThreatModel("linf", math.inf))
         >>> res.norms[res.success].mean()
     """
-    prepare(x, y, threat, target)
-    _check_common(confidence, lr, steps)
-    _check_rounds(c_init, c_max, c_factor, max_rounds)
-    if not 0 < tau_decay < 1:
-        raise ConfigError(f"tau_decay must be in (0, 1), got {tau_decay!r}")
-    if not 0 <= tau_min < 1:
-        raise ConfigError(
-            f"tau_min must be in [0, 1) (a fraction of the input range), got {tau_min!r}"
-        )
-    params = {
-        "confidence": confidence, "c_init": c_init, "c_max": c_max, "c_factor": c_factor,
-        "tau_decay": tau_decay, "tau_min": tau_min, "steps": steps, "lr": lr,
-        "max_rounds": max_rounds, "abort_early": abort_early,
-    }  # fmt: skip
-    x = x.detach()
+    x, y, threat, target, best = run.x, run.y, run.threat, run.target, run.best
     b, dev, dt = x.shape[0], x.device, x.dtype
-    queries = torch.ones(b, dtype=torch.long, device=dev)
-    if threat.eps == 0:
-        return finalize(
-            model, x, y, x, threat, attack="cw-linf", params=params, queries=queries, target=target
-        )
     span = threat.upper - threat.lower
     space = _Space(x, threat, TANH_SHRINK["cw-linf"])
-    best, best_s = x.clone(), torch.full((b,), math.inf, device=dev, dtype=dt)
-    adv0 = _start(model, x, y, target, confidence)
+    best_s = torch.full((b,), math.inf, device=dev, dtype=dt)
+    adv0 = _start(run, confidence)
     best_s[adv0] = 0.0
     alive = ~adv0
     w = space.w0.clone()
@@ -592,7 +560,7 @@ def cw_linf(
             break
         ts = target[idx] if target is not None else None
         solved, x_sol, w_sol, c[idx] = _inner_solve(
-            model, space, idx, x[idx], y[idx], ts, w[idx], c[idx], queries, best, best_s,
+            run, space, idx, x[idx], y[idx], ts, w[idx], c[idx], best, best_s,
             tau=tau[idx], slope=None, confidence=confidence, c_max=c_max, c_factor=c_factor,
             steps=steps, lr=lr, abort_early=abort_early,
         )  # fmt: skip
@@ -600,19 +568,25 @@ def cw_linf(
         new_tau = torch.minimum(tau[idx], _linf(x_sol, x[idx])) * tau_decay
         tau[idx] = torch.where(solved, new_tau, tau[idx])
         alive[idx] = solved & (tau[idx] > tau_min * span)
-    return finalize(
-        model, x, y, best, threat, attack="cw-linf", params=params, queries=queries, target=target
-    )
 
 
-@register_attack("cw-l0", norms=("l0",), minimal=True)
+def _check_l0(
+    threat: ThreatModel, *, confidence: float, c_init: float, c_max: float, c_factor: float,
+    steps: int, lr: float, max_rounds: int | None, abort_early: bool,
+) -> None:  # fmt: skip
+    _check_common(confidence, lr, steps)
+    _check_rounds(c_init, c_max, c_factor, max_rounds)
+
+
+def pixels_changed(x: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
+    """``{"pixels_changed": (B,) int64}``: pixels (all channels of a position) that differ."""
+    return {"pixels_changed": _changed_pixels(x_adv - x).sum(dim=1).to(torch.long)}
+
+
+@register_attack("cw-l0", norms=("l0",), minimal=True, check=_check_l0, extras=pixels_changed)
 def cw_l0(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    threat: ThreatModel,
+    run: AttackRun,
     *,
-    target: Tensor | None = None,
     confidence: float = 0.0,
     c_init: float = 1e-3,
     c_max: float = 2e6,
@@ -621,8 +595,7 @@ def cw_l0(
     lr: float = 1e-2,
     max_rounds: int | None = None,
     abort_early: bool = True,
-    generator: torch.Generator | None = None,
-) -> AttackResult:
+) -> None:
     """Carlini-Wagner L0 attack: L2 attacks on a shrinking set of pixels (C&W 2017).
 
     Each round runs an L2 attack (``||x' - x||_2^2 + c * max(kappa - margin, 0)`` with Adam over
@@ -672,38 +645,12 @@ def cw_l0(
         >>> res = cw_l0(model, x, y, ThreatModel("l0", math.inf))
         >>> res.extras["pixels_changed"].float().mean()
     """
-    prepare(x, y, threat, target)
-    _check_common(confidence, lr, steps)
-    _check_rounds(c_init, c_max, c_factor, max_rounds)
-    params = {
-        "confidence": confidence, "c_init": c_init, "c_max": c_max, "c_factor": c_factor,
-        "steps": steps, "lr": lr, "max_rounds": max_rounds, "abort_early": abort_early,
-    }  # fmt: skip
-    x = x.detach()
+    x, y, threat, target, best = run.x, run.y, run.threat, run.target, run.best
     b, dev, dt = x.shape[0], x.device, x.dtype
-    queries = torch.ones(b, dtype=torch.long, device=dev)
-
-    def done(x_adv: Tensor) -> AttackResult:
-        res = finalize(
-            model,
-            x,
-            y,
-            x_adv,
-            threat,
-            attack="cw-l0",
-            params=params,
-            queries=queries,
-            target=target,
-        )
-        changed = _changed_pixels(res.x_adv - x).sum(dim=1).to(torch.long)
-        return replace(res, extras={"pixels_changed": changed})
-
-    if threat.eps == 0:
-        return done(x)
     span = threat.upper - threat.lower
     space = _Space(x, threat, TANH_SHRINK["cw-l0"])
-    best, best_s = x.clone(), torch.full((b,), math.inf, device=dev, dtype=dt)
-    adv0 = _start(model, x, y, target, confidence)
+    best_s = torch.full((b,), math.inf, device=dev, dtype=dt)
+    adv0 = _start(run, confidence)
     best_s[adv0] = 0.0
     alive = ~adv0
     w = space.w0.clone()
@@ -716,7 +663,7 @@ def cw_l0(
             break
         ts = target[idx] if target is not None else None
         solved, x_sol, w_sol, c[idx] = _inner_solve(
-            model, space, idx, x[idx], y[idx], ts, w[idx], c[idx], queries, best, best_s,
+            run, space, idx, x[idx], y[idx], ts, w[idx], c[idx], best, best_s,
             tau=None, slope=allowed[idx] * space.half, confidence=confidence, c_max=c_max,
             c_factor=c_factor, steps=steps, lr=lr, abort_early=abort_early,
         )  # fmt: skip
@@ -726,9 +673,10 @@ def cw_l0(
         if sidx.numel() == 0:
             break
         xs = x_sol[solved].requires_grad_(True)
-        m = margin(model(xs), y[sidx], target[sidx] if target is not None else None)
+        m = margin(
+            run.scores(xs, sidx, grad=True), y[sidx], target[sidx] if target is not None else None
+        )
         (g,) = torch.autograd.grad(m.sum(), xs)
-        queries[sidx] += 1
         with torch.no_grad():
             delta = xs.detach() - x[sidx]
             allow = allowed[sidx].flatten(1) > 0
@@ -750,7 +698,5 @@ def cw_l0(
         if x.dim() >= 3:
             tiny = tiny.all(dim=1, keepdim=True).expand_as(x)
         snapped = torch.where(tiny, x, best)
-        ok = _succeeds(margin(model(snapped), y, target), confidence) & torch.isfinite(best_s)
-        queries += 1
-        best = torch.where(_bcast(ok, x), snapped, best)
-    return done(best)
+        ok = _succeeds(margin(run.scores(snapped), y, target), confidence) & torch.isfinite(best_s)
+        best.copy_(torch.where(_bcast(ok, x), snapped, best))

@@ -10,30 +10,34 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from advlab.attacks.base import check_count, check_logits, finalize, prepare, register_attack
+from advlab.attacks.base import AttackRun, check_count, register_attack
 from advlab.errors import ConfigError
-from advlab.results import AttackResult
 from advlab.threat import ThreatModel
 
 _TINY = 1e-12
 
 
-@register_attack("deepfool", norms=("l2", "linf"), minimal=True)
+def _check(
+    threat: ThreatModel, *, steps: int, overshoot: float, candidates: int, refine: int
+) -> None:
+    check_count(steps=steps, candidates=candidates)
+    if isinstance(refine, bool) or not (isinstance(refine, int) and refine >= 0):
+        raise ConfigError(f"refine must be an integer >= 0 (0 disables it), got {refine!r}")
+    if not (isinstance(overshoot, (int, float)) and math.isfinite(overshoot) and overshoot >= 0):
+        raise ConfigError(f"overshoot must be a finite number >= 0 (e.g. 0.02), got {overshoot!r}")
+
+
+@register_attack("deepfool", norms=("l2", "linf"), minimal=True, targeted=False, check=_check)
 def deepfool(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    threat: ThreatModel,
+    run: AttackRun,
     *,
     steps: int = 50,
     overshoot: float = 0.02,
     candidates: int = 10,
     refine: int = 4,
-    target: Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> AttackResult:
+) -> None:
     """DeepFool: step to the nearest linearized decision boundary until the label flips.
 
     At the iterate ``x_i``, each candidate class ``k`` defines a linearized boundary with
@@ -96,32 +100,12 @@ def deepfool(
         >>> res = deepfool(model, x, y, ThreatModel("l2", math.inf))
         >>> res.norms[res.success].median()
     """
-    prepare(x, y, threat, target)
-    if target is not None:
-        raise ConfigError(
-            "deepfool is untargeted by design (it crosses the nearest decision boundary); drop "
-            "target=, or use a targeted attack such as 'lbfgs' or 'jsma'"
-        )
-    if threat.norm not in ("l2", "linf"):
-        raise ConfigError(f"deepfool supports norms l2 and linf, not {threat.norm!r}")
-    check_count(steps=steps, candidates=candidates)
-    if not (isinstance(refine, int) and refine >= 0):
-        raise ConfigError(f"refine must be an integer >= 0 (0 disables it), got {refine!r}")
-    if not (isinstance(overshoot, (int, float)) and math.isfinite(overshoot) and overshoot >= 0):
-        raise ConfigError(f"overshoot must be a finite number >= 0 (e.g. 0.02), got {overshoot!r}")
-    params = {"steps": steps, "overshoot": overshoot, "candidates": candidates, "refine": refine}
+    x, y, threat = run.x, run.y, run.threat
     b = x.shape[0]
-    queries = torch.zeros(b, dtype=torch.long, device=x.device)
-    if threat.eps == 0:
-        return finalize(model, x, y, x, threat, attack="deepfool", params=params, queries=queries)
-    x = x.detach()
-    with torch.no_grad():
-        logits0 = model(x)
-    check_logits(logits0, b, y)
-    queries += 1
+    logits0 = run.scores(x)
     k = min(candidates, logits0.shape[1] - 1)
     cand = logits0.scatter(1, y[:, None], float("-inf")).topk(k, dim=1).indices  # (B, k)
-    x_adv = x.clone()
+    x_adv = run.best
     r_tot = torch.zeros_like(x)
     idx = torch.arange(b, device=x.device)[logits0.argmax(dim=1) == y]  # others already fooled
     q = x[idx]  # the paper's iterate x_i = clip(x + r_tot)
@@ -131,9 +115,7 @@ def deepfool(
             break
         last = t == steps
         xi = xi.detach().requires_grad_(not last)
-        with torch.set_grad_enabled(not last):
-            logits = model(xi)
-        queries[idx] += 1
+        logits = run.scores(xi, idx, grad=not last)
         fooled = logits.detach().argmax(dim=1) != y[idx]
         x_adv[idx[fooled]] = xi.detach()[fooled]
         if last or bool(fooled.all()):
@@ -163,23 +145,13 @@ def deepfool(
         q = threat.clip_box(xs + r_tot[idx])
         xi = threat.clip_box(xs + (1.0 + overshoot) * r_tot[idx])
     if refine > 0 and overshoot > 0:
-        _least_overshoot(model, x, y, x_adv, r_tot, threat, overshoot, refine, queries)
-    return finalize(model, x, y, x_adv, threat, attack="deepfool", params=params, queries=queries)
+        _least_overshoot(run, r_tot, overshoot, refine)
 
 
-def _least_overshoot(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    x_adv: Tensor,
-    r_tot: Tensor,
-    threat: ThreatModel,
-    overshoot: float,
-    refine: int,
-    queries: Tensor,
-) -> None:
-    """Replace ``x_adv`` (in place) by ``clip(x + s * r_tot)`` with the smallest ``s`` of
+def _least_overshoot(run: AttackRun, r_tot: Tensor, overshoot: float, refine: int) -> None:
+    """Replace ``run.best`` (in place) by ``clip(x + s * r_tot)`` with the smallest ``s`` of
     ``1 + overshoot * j / refine`` (``j < refine``) that still flips the label, where one does."""
+    x, y, x_adv, threat = run.x, run.y, run.best, run.threat
     with torch.no_grad():
         sel = torch.nonzero((x_adv != x).flatten(1).any(dim=1)).squeeze(1)
         if sel.numel() == 0:
@@ -189,8 +161,8 @@ def _least_overshoot(
         shape = (1, refine) + (1,) * (x.dim() - 1)
         xs = x[sel].unsqueeze(1)
         cand = threat.clip_box(xs + scale.view(shape) * r_tot[sel].unsqueeze(1))
-        pred = model(cand.flatten(0, 1)).argmax(dim=1).view(n, refine)
-        queries[sel] += refine
+        rows = sel.repeat_interleave(refine)
+        pred = run.scores(cand.flatten(0, 1), rows).argmax(dim=1).view(n, refine)
         fooled = pred != y[sel][:, None]
         first = torch.where(fooled.any(dim=1), fooled.to(torch.int8).argmax(dim=1), refine)
         hit = first < refine

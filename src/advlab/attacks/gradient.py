@@ -11,23 +11,21 @@ References:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from advlab.attacks.base import (
     LOSSES,
+    AttackRun,
     attack_loss,
     check_count,
-    check_logits,
     check_positive,
-    finalize,
     margin,
-    prepare,
     register_attack,
 )
 from advlab.errors import ConfigError
-from advlab.results import AttackResult
 from advlab.threat import ThreatModel
 
 
@@ -68,7 +66,7 @@ def steepest_step(g: Tensor, x: Tensor, threat: ThreatModel, l1_sparsity: float)
     return (d / n).view_as(g)
 
 
-def _check_common(loss: str, l1_sparsity: float, threat: ThreatModel) -> None:
+def _check_common(threat: ThreatModel, loss: str, l1_sparsity: float) -> None:
     if loss not in LOSSES:
         raise ConfigError(f"unknown loss {loss!r}; use one of {', '.join(LOSSES)}")
     if not 0.0 <= l1_sparsity < 1.0:
@@ -77,76 +75,71 @@ def _check_common(loss: str, l1_sparsity: float, threat: ThreatModel) -> None:
         raise ConfigError(f"{threat.norm} gradient attacks need a finite eps, got eps=inf")
 
 
-@register_attack("fgsm", norms=("linf", "l2", "l1"))
-def fgsm(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    threat: ThreatModel,
-    *,
-    target: Tensor | None = None,
-    loss: str = "ce",
-    l1_sparsity: float = 0.95,
-    generator: torch.Generator | None = None,
-) -> AttackResult:
+def _check_fgsm(threat: ThreatModel, *, loss: str, l1_sparsity: float) -> None:
+    _check_common(threat, loss, l1_sparsity)
+
+
+@register_attack("fgsm", norms=("linf", "l2", "l1"), check=_check_fgsm)
+def fgsm(run: AttackRun, *, loss: str = "ce", l1_sparsity: float = 0.95) -> None:
     """Fast gradient (sign) method: one steepest-ascent step of size eps (Goodfellow et al. 2015).
 
     In L-inf this is FGSM, ``x + eps * sign(grad)``; in L2 and L1 it is the fast gradient
     method with the norm's steepest direction (see :func:`steepest_step`).
 
     Args:
-        model: classifier returning logits; used as is (its train/eval mode is not changed).
-        x: ``(B, *)`` inputs inside ``[threat.lower, threat.upper]``.
-        y: ``(B,)`` true labels.
-        threat: the threat model (norm and eps).
-        target: ``(B,)`` target classes for a targeted attack (step down the target's loss).
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (C&W logit margin).
         l1_sparsity: for L1, the fraction of coordinates left out of the step.
-        generator: unused (FGSM is deterministic); accepted for a uniform signature.
+
+    Call: ``fgsm(model, x, y, threat, *, target=None, seed=0, **params)`` (every attack's call;
+    see :mod:`advlab.attacks.base`): ``model`` a torch classifier returning logits (used as is,
+    its train/eval mode untouched) or a white-box oracle; ``x`` ``(B, *)`` inputs in the box;
+    ``y`` ``(B,)`` labels; ``target`` ``(B,)`` target classes for a targeted attack (step down
+    the target's loss). FGSM is deterministic: ``seed`` is unused.
 
     Returns:
-        AttackResult with one query per sample.
+        AttackResult; ``queries`` is 2 per sample (the gradient query and the verification).
 
     Example:
         >>> res = fgsm(model, x, y, ThreatModel("linf", 0.1))
         >>> res.robust_accuracy
     """
-    prepare(x, y, threat, target)
-    _check_common(loss, l1_sparsity, threat)
-    params = {"loss": loss, "l1_sparsity": l1_sparsity}
-    queries = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-    if threat.eps == 0:
-        return finalize(
-            model, x, y, x, threat, attack="fgsm", params=params, queries=queries, target=target
-        )
-    x0 = x.detach().clone().requires_grad_(True)
-    logits = model(x0)
-    check_logits(logits, x.shape[0], y)
-    obj = attack_loss(logits, y, target, loss).sum()
+    x, threat = run.x, run.threat
+    x0 = x.clone().requires_grad_(True)
+    obj = attack_loss(run.scores(x0, grad=True), run.y, run.target, loss).sum()
     (g,) = torch.autograd.grad(obj, x0)
-    x_adv = x + threat.eps * steepest_step(g, x, threat, l1_sparsity)
-    return finalize(
-        model, x, y, x_adv, threat, attack="fgsm", params=params, queries=queries + 1, target=target
-    )
+    run.best.copy_(x + threat.eps * steepest_step(g, x, threat, l1_sparsity))
 
 
-@register_attack("pgd", norms=("linf", "l2", "l1"))
+def _check_pgd(
+    threat: ThreatModel, *, steps: int, step_size: float | None, restarts: int,
+    random_start: bool, loss: str, early_stop: bool, l1_sparsity: float,
+) -> None:  # fmt: skip
+    _check_common(threat, loss, l1_sparsity)
+    check_count(steps=steps, restarts=restarts)
+    if step_size is not None:
+        check_positive(step_size=step_size)
+        if not math.isfinite(step_size):
+            raise ConfigError(f"step_size must be finite, got {step_size!r}")
+
+
+def _resolve_pgd(threat: ThreatModel, params: dict[str, Any]) -> dict[str, Any]:
+    if params["step_size"] is None:
+        return {**params, "step_size": 2.5 * threat.eps / params["steps"]}
+    return params
+
+
+@register_attack("pgd", norms=("linf", "l2", "l1"), check=_check_pgd, resolve=_resolve_pgd)
 def pgd(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    threat: ThreatModel,
+    run: AttackRun,
     *,
     steps: int = 40,
     step_size: float | None = None,
     restarts: int = 1,
     random_start: bool = True,
-    target: Tensor | None = None,
     loss: str = "ce",
     early_stop: bool = True,
     l1_sparsity: float = 0.95,
-    generator: torch.Generator | None = None,
-) -> AttackResult:
+) -> None:
     """Projected gradient descent in L-inf, L2 or L1 (Madry et al. 2018).
 
     Each step moves by ``step_size`` along the steepest-ascent direction of the loss in the
@@ -156,52 +149,34 @@ def pgd(
     With ``random_start=False`` and ``restarts=1`` this is BIM / iterative FGSM (Kurakin et al.).
 
     Args:
-        model: classifier returning logits; used as is (its train/eval mode is not changed).
-        x: ``(B, *)`` inputs inside the box.
-        y: ``(B,)`` true labels.
-        threat: the threat model (finite eps).
         steps: gradient steps per restart.
-        step_size: absolute step length in the threat norm; default ``2.5 * eps / steps``.
+        step_size: absolute step length in the threat norm; ``None``: ``2.5 * eps / steps``.
         restarts: independent runs; restarts after the first begin at random points.
         random_start: begin the first run at a random point of the threat set.
-        target: ``(B,)`` target classes for a targeted attack.
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (C&W logit margin).
         early_stop: stop working on a sample once it is misclassified (or hits its target).
             Robust accuracy is unchanged; it saves time on weak models.
         l1_sparsity: for L1, the fraction of coordinates left out of each step.
-        generator: random source for the starts; same generator state, same output.
+
+    Call: ``pgd(model, x, y, threat, *, target=None, seed=0, **params)``: ``threat`` with a
+    finite eps; ``target`` ``(B,)`` for a targeted attack; ``seed`` an int or a
+    :class:`~advlab.rng.SampleRNG` for the random starts (each sample draws from its own stream,
+    so its start does not depend on the batch it is in). Same seed, same output.
 
     Shape:
         x: ``(B, C, H, W)`` or any ``(B, *)``; outputs match.
 
     Returns:
-        AttackResult; ``queries`` counts forward(+backward) passes per sample.
+        AttackResult; ``queries`` counts the images sent per sample (one per iterate: ``steps
+        + 1`` per restart, fewer with early stop) plus the verification.
 
     Example:
         >>> res = pgd(model, x, y, ThreatModel("linf", 0.3), steps=40, step_size=0.01)
         >>> res.robust_accuracy
     """
-    prepare(x, y, threat, target)
-    _check_common(loss, l1_sparsity, threat)
-    check_count(steps=steps, restarts=restarts)
-    if step_size is None:
-        step_size = 2.5 * threat.eps / steps
-    params = {
-        "steps": steps, "step_size": step_size, "restarts": restarts,
-        "random_start": random_start, "loss": loss, "early_stop": early_stop,
-        "l1_sparsity": l1_sparsity,
-    }  # fmt: skip
+    x, y, threat, target, best = run.x, run.y, run.threat, run.target, run.best
+    assert step_size is not None  # resolved at the door
     b = x.shape[0]
-    queries = torch.zeros(b, dtype=torch.long, device=x.device)
-    if threat.eps == 0:
-        return finalize(
-            model, x, y, x, threat, attack="pgd", params=params, queries=queries, target=target
-        )
-    check_positive(step_size=step_size)
-    if not math.isfinite(step_size):
-        raise ConfigError(f"step_size must be finite, got {step_size!r}")
-    x = x.detach()
-    best = x.clone()
     best_score = torch.full((b,), float("-inf"), device=x.device, dtype=x.dtype)
     for r in range(restarts):
         idx = torch.arange(b, device=x.device)
@@ -211,15 +186,12 @@ def pgd(
             break
         xs, ys = x[idx], y[idx]
         ts = target[idx] if target is not None else None
-        xr = threat.random_start(xs, generator=generator) if (random_start or r > 0) else xs.clone()
+        start = random_start or r > 0
+        xr = threat.random_start(xs, run.rng, idx) if start else xs.clone()
         for t in range(steps + 1):
             last = t == steps
             xr.requires_grad_(not last)
-            with torch.set_grad_enabled(not last):
-                logits = model(xr)
-            if r == 0 and t == 0:
-                check_logits(logits, xr.shape[0], ys)
-            queries[idx] += 1
+            logits = run.scores(xr, idx, grad=not last)
             score = margin(logits.detach(), ys, ts)
             better = score > best_score[idx]
             best_score[idx] = torch.where(better, score, best_score[idx])
@@ -237,6 +209,3 @@ def pgd(
                     ts = ts[keep] if ts is not None else None
                     if idx.numel() == 0:
                         break
-    return finalize(
-        model, x, y, best, threat, attack="pgd", params=params, queries=queries, target=target
-    )

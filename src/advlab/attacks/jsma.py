@@ -12,11 +12,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from advlab.attacks.base import check_logits, finalize, prepare, register_attack
+from advlab.attacks.base import AttackRun, register_attack
 from advlab.errors import ConfigError
-from advlab.results import AttackResult
 from advlab.threat import ThreatModel
 
 #: Largest number of pair scores held in memory at once by :func:`best_pairs`.
@@ -72,19 +71,24 @@ def best_pairs(
     return p, q, best > 0
 
 
-@register_attack("jsma", norms=("l0",), minimal=True)
+def _check(threat: ThreatModel, *, theta: float, gamma: float, use_logits: bool) -> None:
+    if not (isinstance(theta, (int, float)) and math.isfinite(theta) and theta != 0):
+        raise ConfigError(
+            f"theta must be a finite non-zero number (+1 increases features, -1 decreases), got {theta!r}"
+        )
+    if not (isinstance(gamma, (int, float)) and 0 < gamma <= 1):
+        raise ConfigError(f"gamma must be a fraction in (0, 1] (e.g. 0.1), got {gamma!r}")
+
+
+def features_changed(x: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
+    """``{"features_changed": (B,) int64}``: entries of ``x_adv`` that differ from ``x``."""
+    return {"features_changed": (x_adv != x).flatten(1).sum(dim=1).to(torch.long)}
+
+
+@register_attack("jsma", norms=("l0",), minimal=True, check=_check, extras=features_changed)
 def jsma(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    threat: ThreatModel,
-    *,
-    theta: float = 1.0,
-    gamma: float = 0.1,
-    use_logits: bool = False,
-    target: Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> AttackResult:
+    run: AttackRun, *, theta: float = 1.0, gamma: float = 0.1, use_logits: bool = False
+) -> None:
     """Jacobian saliency map attack: change the most salient pair of features until the target wins.
 
     Each iteration computes the forward derivative of the target output, ``alpha``, and of the
@@ -140,47 +144,24 @@ def jsma(
         >>> res = jsma(model, x, y, ThreatModel("l0", math.inf), target=t)
         >>> res.extras["features_changed"][res.success].float().mean()
     """
-    prepare(x, y, threat, target)
-    if threat.norm != "l0":
-        raise ConfigError(f"jsma works in the l0 threat model, not {threat.norm!r}")
-    if not (isinstance(theta, (int, float)) and math.isfinite(theta) and theta != 0):
-        raise ConfigError(
-            f"theta must be a finite non-zero number (+1 increases features, -1 decreases), got {theta!r}"
-        )
-    if not (isinstance(gamma, (int, float)) and 0 < gamma <= 1):
-        raise ConfigError(f"gamma must be a fraction in (0, 1] (e.g. 0.1), got {gamma!r}")
-    params = {"theta": theta, "gamma": gamma, "use_logits": use_logits}
+    x, y, threat, target = run.x, run.y, run.threat, run.target
     b = x.shape[0]
     d = x[0].numel()
-    queries = torch.zeros(b, dtype=torch.long, device=x.device)
-    if threat.eps == 0:
-        extras = {"features_changed": torch.zeros(b, dtype=torch.long, device=x.device)}
-        return finalize(model, x, y, x, threat, attack="jsma", params=params, queries=queries,
-                        target=target, extras=extras)  # fmt: skip
     budget = math.floor(gamma * d)
     if threat.bounded:
         budget = min(budget, int(threat.eps))
-    x = x.detach()
     flat = x.reshape(b, d)
     tgt = target
     if tgt is None:
-        with torch.no_grad():
-            logits0 = model(x)
-        check_logits(logits0, b, y)
-        queries += 1
+        logits0 = run.scores(x)
         tgt = logits0.scatter(1, y[:, None], float("-inf")).argmax(dim=1)
     increase = theta > 0
     cur = flat.clone()
-    out = flat.clone()
+    out = run.best.view(b, d)
     idx = torch.arange(b, device=x.device)
-    first = True
     while idx.numel() > 0:
         xa = cur[idx].view(-1, *x.shape[1:]).requires_grad_(True)
-        z = model(xa)
-        if first:
-            check_logits(z, idx.numel(), y[idx])
-            first = False
-        queries[idx] += 1
+        z = run.scores(xa, idx, grad=True)
         pred = z.detach().argmax(dim=1)
         hit = pred != y[idx] if target is None else pred == tgt[idx]
         out[idx[hit]] = cur[idx[hit]]
@@ -204,6 +185,3 @@ def jsma(
         idx, p, q = idx[ok], p[ok], q[ok]
         for j in (p, q):
             cur[idx, j] = (cur[idx, j] + theta).clamp(threat.lower, threat.upper)
-    extras = {"features_changed": (out != flat).sum(dim=1).to(torch.long)}
-    return finalize(model, x, y, out.view_as(x), threat, attack="jsma", params=params,
-                    queries=queries, target=target, extras=extras)  # fmt: skip

@@ -22,18 +22,10 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import scipy.optimize
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from advlab.attacks.base import (
-    check_count,
-    check_logits,
-    check_positive,
-    finalize,
-    prepare,
-    register_attack,
-)
+from advlab.attacks.base import AttackRun, check_count, check_positive, register_attack
 from advlab.errors import ConfigError
-from advlab.results import AttackResult
 from advlab.threat import ThreatModel
 
 #: ``evaluate(ids, points) -> (values, gradients)`` for a batch of the solvers' requests.
@@ -174,19 +166,17 @@ def _loss(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
     return lse - others
 
 
-@register_attack("lbfgs", norms=("l2",), minimal=True)
+def _check(threat: ThreatModel, *, initial_const: float, c_steps: int, max_iter: int) -> None:
+    check_count(c_steps=c_steps, max_iter=max_iter)
+    check_positive(initial_const=initial_const)
+    if not math.isfinite(initial_const):
+        raise ConfigError(f"initial_const must be finite, got {initial_const!r}")
+
+
+@register_attack("lbfgs", norms=("l2",), minimal=True, check=_check)
 def lbfgs(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    threat: ThreatModel,
-    *,
-    initial_const: float = 0.1,
-    c_steps: int = 8,
-    max_iter: int = 100,
-    target: Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> AttackResult:
+    run: AttackRun, *, initial_const: float = 0.1, c_steps: int = 8, max_iter: int = 100
+) -> None:
     """Box-constrained L-BFGS (Szegedy et al. 2014): minimize ``c ||d||_2^2 + loss(x + d)``.
 
     For each value of ``c`` the problem ``min c * ||x' - x||_2^2 + loss(x')`` subject to
@@ -230,31 +220,16 @@ def lbfgs(
         >>> res = lbfgs(model, x, y, ThreatModel("l2", math.inf), target=t)
         >>> res.norms[res.success].mean()
     """
-    prepare(x, y, threat, target)
-    if threat.norm != "l2":
-        raise ConfigError(f"lbfgs works in the l2 threat model, not {threat.norm!r}")
-    check_count(c_steps=c_steps, max_iter=max_iter)
-    check_positive(initial_const=initial_const)
-    if not math.isfinite(initial_const):
-        raise ConfigError(f"initial_const must be finite, got {initial_const!r}")
-    params = {"initial_const": initial_const, "c_steps": c_steps, "max_iter": max_iter}
+    x, y, threat, target = run.x, run.y, run.threat, run.target
     b = x.shape[0]
-    queries = torch.zeros(b, dtype=torch.long, device=x.device)
-    if threat.eps == 0:
-        return finalize(model, x, y, x, threat, attack="lbfgs", params=params, queries=queries,
-                        target=target)  # fmt: skip
-    x = x.detach()
     flat = x.reshape(b, -1)
-    with torch.no_grad():
-        logits0 = model(x)
-    check_logits(logits0, b, y)
-    queries += 1
+    logits0 = run.scores(x)
 
     def adversarial(logits: Tensor, rows: Tensor) -> Tensor:
         pred = logits.argmax(dim=1)
         return pred != y[rows] if target is None else pred == target[rows]
 
-    best = flat.clone()
+    best = run.best.view(b, -1)
     best_norm = torch.full((b,), math.inf, dtype=flat.dtype, device=x.device)
     best_norm[adversarial(logits0, torch.arange(b, device=x.device))] = 0.0
     todo = torch.nonzero(best_norm > 0).squeeze(1)  # samples not adversarial already
@@ -268,8 +243,7 @@ def lbfgs(
         sel = torch.as_tensor(ids, device=x.device)
         rows = todo[sel]
         z = torch.as_tensor(points, device=x.device).to(x.dtype).requires_grad_(True)
-        logits = model(z.view(-1, *x.shape[1:]))
-        queries[rows] += 1
+        logits = run.scores(z.view(-1, *x.shape[1:]), rows, grad=True)
         sq = (z - x_t[sel]).pow(2).sum(dim=1)
         tsel = ts[sel] if ts is not None else None
         obj = c[torch.as_tensor(ids)].to(device=x.device, dtype=x.dtype) * sq + _loss(
@@ -288,9 +262,7 @@ def lbfgs(
     for _ in range(c_steps if n else 0):
         sol = lockstep_minimize(starts, threat.lower, threat.upper, evaluate, max_iter=max_iter)
         z = torch.as_tensor(sol, device=x.device).to(x.dtype).clamp(threat.lower, threat.upper)
-        with torch.no_grad():
-            logits = model(z.view(-1, *x.shape[1:]))
-        queries[todo] += 1
+        logits = run.scores(z.view(-1, *x.shape[1:]), todo)
         ok = adversarial(logits, todo)
         _keep_best(z, (z - x_t).norm(dim=1), ok, todo)
         ok_h = ok.cpu()
@@ -299,5 +271,3 @@ def lbfgs(
         c = torch.where(
             torch.isinf(c_bad), c * 10, torch.where(c_ok == 0, c / 10, (c_ok * c_bad).sqrt())
         )
-    return finalize(model, x, y, best.view_as(x), threat, attack="lbfgs", params=params,
-                    queries=queries, target=target)  # fmt: skip

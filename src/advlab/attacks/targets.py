@@ -10,41 +10,50 @@ from torch import Tensor, nn
 
 from advlab.attacks.base import AttackSpec, get_attack
 from advlab.errors import ConfigError, InputError
+from advlab.oracle import Access, Oracle, as_oracle
+from advlab.rng import SampleRNG, as_sample_rng
 from advlab.threat import ThreatModel
 
 TARGET_MODES = ("random", "least-likely")
 
 
 def select_targets(
-    model: nn.Module,
+    model: nn.Module | Oracle,
     x: Tensor,
     y: Tensor,
     mode: str = "random",
     *,
     num_classes: int | None = None,
-    generator: torch.Generator | None = None,
+    seed: int | SampleRNG = 0,
 ) -> Tensor:
     """Pick one target class per sample, never the true label.
 
     Args:
+        model: a torch classifier or an oracle (``"least-likely"`` needs scores).
         mode: ``"random"`` (uniform over the other classes) or ``"least-likely"`` (the class the
             model finds least likely on the clean input; Kurakin et al. 2017).
-        num_classes: number of classes; read from the model's output when omitted.
+        num_classes: number of classes; read from the model's output (one query per sample)
+            when omitted.
+        seed: an int, or per-sample streams (:class:`~advlab.rng.SampleRNG`), for ``"random"``.
 
     Returns:
         ``(B,)`` int64 targets on ``y``'s device.
     """
     if mode not in TARGET_MODES:
         raise ConfigError(f"unknown target mode {mode!r}; use one of {', '.join(TARGET_MODES)}")
-    if mode == "least-likely" or num_classes is None:
-        with torch.no_grad():
-            logits = model(x)
-        num_classes = logits.shape[1]
-        if mode == "least-likely":
-            return logits.scatter(1, y[:, None], float("inf")).argmin(dim=1)
+    oracle = as_oracle(model)
+    if mode == "least-likely":
+        oracle.require(Access.SCORES, "least-likely targets")
+        return oracle.scores(x).scatter(1, y[:, None], float("inf")).argmin(dim=1)
+    if num_classes is None:
+        oracle.labels(x[:1])
+        num_classes = oracle.num_classes
+        if num_classes is None:
+            raise ConfigError("this oracle does not reveal its class count; pass num_classes=")
     if num_classes < 2:
         raise ConfigError("targeted attacks need at least 2 classes")
-    off = torch.randint(1, num_classes, y.shape, generator=generator, device="cpu").to(y.device)
+    rng = as_sample_rng(seed, y.shape[0], y.device)
+    off = 1 + rng.integers(num_classes - 1)
     return (y + off) % num_classes
 
 
@@ -68,7 +77,7 @@ def all_other_targets(num_classes: int, y: Tensor) -> Tensor:
 
 def targeted_cases(
     attack: AttackSpec | str,
-    model: nn.Module,
+    model: nn.Module | Oracle,
     x: Tensor,
     y: Tensor,
     threat: ThreatModel,

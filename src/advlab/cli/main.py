@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -41,40 +43,57 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
+def _label(event: dict[str, Any]) -> str:
+    stage = str(event.get("stage", ""))
+    if stage == "train":
+        return f"train epoch {event.get('epoch', '?')}"
+    if stage == "attack":
+        eps = event.get("eps")
+        where = "minimal" if eps == float("inf") else f"eps={eps:g}"
+        return f"{event.get('attack')} {event.get('norm')} {where}"
+    return stage
+
+
 class _Bar:
-    """A rich progress bar fed by the library's progress events."""
+    """Progress fed by the library's progress events: a rich bar on a terminal, and plain lines
+    (one per finished batch, epoch or message) when the output is piped to a log."""
 
     def __init__(self) -> None:
+        self.live = console.is_terminal
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
         )  # fmt: skip
         self.tasks: dict[str, Any] = {}
+        self.start = time.monotonic()
 
     def __enter__(self) -> _Bar:
-        self.progress.__enter__()
+        if self.live:
+            self.progress.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+        if self.live:
+            self.progress.__exit__(*exc)  # type: ignore[arg-type]
 
     def __call__(self, event: dict[str, Any]) -> None:
         if "message" in event:
-            console.print(f"[dim]{event['message']}[/dim]")
-        stage = str(event.get("stage", ""))
+            console.print(f"[dim]{escape(str(event['message']))}[/dim]", highlight=False)
         done, total = event.get("done"), event.get("total")
         if done is None or total is None:
             return
-        if stage == "train":
-            label = f"train epoch {event.get('epoch', '?')}"
-        elif stage == "attack":
-            label = f"{event.get('attack')} eps={event.get('eps')}"
-        else:
-            label = stage
-        key = label
-        if key not in self.tasks:
-            self.tasks[key] = self.progress.add_task(label, total=total)
-        self.progress.update(self.tasks[key], completed=done, total=total)
+        label = _label(event)
+        if not self.live:
+            if event.get("event") == "step":
+                return  # epochs print their own summary line
+            elapsed = time.monotonic() - self.start
+            note = " (stored)" if event.get("resumed") else ""
+            console.print(f"{escape(label)}: {done}/{total}{note} [{elapsed:.0f} s]",
+                          highlight=False, markup=False)  # fmt: skip
+            return
+        if label not in self.tasks:
+            self.tasks[label] = self.progress.add_task(escape(label), total=total)
+        self.progress.update(self.tasks[label], completed=done, total=total)
 
 
 class _Group(click.Group):
@@ -82,7 +101,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except AdvlabError as e:
-            console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False,
+                          soft_wrap=True)  # fmt: skip
             sys.exit(2)
         except KeyboardInterrupt:
             console.print(
@@ -108,7 +128,28 @@ def _store(path: str | None) -> Any:
     return RunStore(Path(path) if path else store_path())
 
 
-@cli.command()
+def _audit_help() -> str:
+    from advlab.registry import ATTACKS
+    from advlab.threat import NORMS
+
+    bounded = [n for n in ATTACKS.names() if not ATTACKS.get(n).minimal]
+    minimal = [n for n in ATTACKS.names() if ATTACKS.get(n).minimal]
+    return (
+        "Audit a model: clean accuracy and robust accuracy under attacks over an eps grid, "
+        "stored in the run store, with an HTML and a JSON report.\n\n"
+        f"Norms: {', '.join(NORMS)}. Attacks: eps-bounded ({', '.join(bounded)}) run at every "
+        f"eps; minimal-perturbation ({', '.join(minimal)}) run once and are read at every eps "
+        "(`advlab list attacks` describes them).\n\n"
+        "Models: a zoo name (trained on --data and cached), or a file: .safetensors (with "
+        "its .json from advlab, or with --factory pkg.module:function building the network), "
+        "a state_dict .pt/.pth (with --factory), or TorchScript .pt. Data: a dataset name "
+        "(`advlab list datasets`) or an .npz with arrays x and y (or x_train, y_train, x_test, "
+        "y_test): x uint8 or floats in [0, 1], shaped (N, H, W), (N, H, W, C), (N, C, H, W) "
+        "or (N, D); y integer labels (N,). See docs/audit-your-model.md."
+    )
+
+
+@cli.command(help=_audit_help())
 @click.option(
     "--model",
     default="papernot-mnist",
@@ -118,16 +159,18 @@ def _store(path: str | None) -> Any:
 @click.option("--factory", default=None, help="package.module:function building your model.")
 @click.option("--data", default="mnist5k", show_default=True, help="Dataset name or .npz path.")
 @click.option("--data-dir", default=None, help="Folder of standard datasets (else $ADVLAB_DATA).")
-@click.option("--norm", default="linf", show_default=True)
+@click.option("--norm", default="linf", show_default=True, help="linf, l2, l1 or l0.")
 @click.option(
     "--eps",
     "eps",
     default="0,0.05,0.1,0.15,0.2,0.25,0.3",
     show_default=True,
-    help="Comma-separated eps grid.",
+    help="Comma-separated eps grid (finite, >= 0).",
 )
-@click.option("--attacks", default="fgsm,pgd", show_default=True)
-@click.option("--steps", default=40, show_default=True, help="Iterations of iterative attacks.")
+@click.option("--attacks", default="fgsm,pgd", show_default=True,
+              help="Comma-separated registered attacks.")  # fmt: skip
+@click.option("--steps", default=40, show_default=True,
+              help="Iterations of the eps-bounded iterative attacks (pgd, bim).")  # fmt: skip
 @click.option("-n", "--n", "n", default=1000, show_default=True, help="Test samples (0 = all).")
 @click.option("--batch-size", default=250, show_default=True)
 @click.option("--seed", default=0, show_default=True)
@@ -143,7 +186,6 @@ def _store(path: str | None) -> Any:
 def audit(model: str, factory: str | None, data: str, data_dir: str | None, norm: str, eps: str,
           attacks: str, steps: int, n: int, batch_size: int, seed: int, out_dir: str,
           store: str | None, unsafe_allow_pickle: bool) -> None:  # fmt: skip
-    """Audit a model: clean accuracy, FGSM and PGD over an eps grid, HTML/JSON report."""
     from advlab.audit import AuditConfig, run_audit
 
     cfg = AuditConfig(
@@ -155,35 +197,56 @@ def audit(model: str, factory: str | None, data: str, data_dir: str | None, norm
         res = run_audit(cfg, store=_store(store), out_dir=Path(out_dir), progress=bar)
     ev = res.evaluation
     lo, hi = ev.clean_ci
-    stdout.print(f"model: {model} ({res.model_info.get('source', '')})", highlight=False)
+    source = str(res.model_info.get("source", ""))
+    shown = model if source in ("", model) else f"{model} ({source})"
+    stdout.print(f"model: {shown}", highlight=False, markup=False)
     stdout.print(f"data: {data}, {ev.n} test samples; clean accuracy {ev.clean_accuracy:.2%} "
-                 f"(95% CI {lo:.2%}-{hi:.2%})", highlight=False)  # fmt: skip
+                 f"(95% CI {lo:.2%}-{hi:.2%})", highlight=False, markup=False)  # fmt: skip
     table = Table(title=f"robust accuracy under {norm} attacks (95% Wilson interval)")
-    for col in ("attack", "eps", "robust acc", "95% CI", "success", "median norm", "time s"):
+    for col in ("attack", "eps", "robust", "95% CI", "success", "median", "time"):
         table.add_column(col, justify="left" if col == "attack" else "right", no_wrap=True)
-    for r in ev.rows:
+    for r in ev.summaries:
         table.add_row(
-            str(r["attack"]), f"{r['eps']:g}", f"{r['robust_accuracy']:.1%}",
-            f"{r['ci_low']:.1%}-{r['ci_high']:.1%}", f"{r['success_rate']:.1%}",
-            _num(r.get("median_norm")), f"{r.get('wall_time') or 0:.1f}",
+            escape(r.attack), f"{r.eps:g}", f"{r.robust_accuracy:.1%}",
+            f"{r.ci_low:.1%}-{r.ci_high:.1%}", _pct(r.success_rate), _num(r.median_norm),
+            _seconds(r.wall_time),
         )  # fmt: skip
     stdout.print(table)
-    stdout.print(f"run: {res.run_id}", highlight=False)
-    stdout.print(f"report: {res.html}", highlight=False, soft_wrap=True)
-    stdout.print(f"json: {res.json}", highlight=False, soft_wrap=True)
+    stdout.print(f"run: {res.run_id}" + (" (completed by another process)" if res.reused else ""),
+                 highlight=False)  # fmt: skip
+    stdout.print(f"report: {res.html}", highlight=False, soft_wrap=True, markup=False)
+    stdout.print(f"json: {res.json}", highlight=False, soft_wrap=True, markup=False)
+
+
+def _pct(v: float) -> str:
+    return "-" if v != v else f"{v:.1%}"
+
+
+def _seconds(v: float) -> str:
+    return f"{v:.1f}s" if v < 120 else f"{v / 60:.1f}m"
+
+
+def _train_defaults() -> dict[str, Any]:
+    from advlab.defenses import TrainConfig
+
+    return TrainConfig().to_dict()
+
+
+_TD = _train_defaults()
 
 
 @cli.command("train")
 @click.option("--model", default="papernot-mnist", show_default=True, help="Zoo architecture.")
 @click.option("--data", default="mnist5k", show_default=True)
 @click.option("--data-dir", default=None)
-@click.option("--recipe", default="standard", show_default=True)
-@click.option("--epochs", default=8, show_default=True)
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True)
-@click.option("--optimizer", default="adam", show_default=True)
-@click.option("--scheduler", default="none", show_default=True, help="none, cosine or step.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--recipe", default=_TD["recipe"], show_default=True)
+@click.option("--epochs", default=_TD["epochs"], show_default=True)
+@click.option("--batch-size", default=_TD["batch_size"], show_default=True)
+@click.option("--lr", default=_TD["lr"], show_default=True)
+@click.option("--optimizer", default=_TD["optimizer"], show_default=True)
+@click.option("--scheduler", default=_TD["scheduler"], show_default=True,
+              help="none, cosine or step.")  # fmt: skip
+@click.option("--seed", default=_TD["seed"], show_default=True)
 @click.option("--out", default=None, help="Output path (default: <model>-<data>.safetensors).")
 @click.option(
     "--resume/--no-resume",
@@ -194,34 +257,22 @@ def audit(model: str, factory: str | None, data: str, data_dir: str | None, norm
 def train_cmd(model: str, data: str, data_dir: str | None, recipe: str, epochs: int,
               batch_size: int, lr: float, optimizer: str, scheduler: str, seed: int,
               out: str | None, resume: bool) -> None:  # fmt: skip
-    """Train a zoo model; checkpoints every epoch and resumes exactly after an interrupt."""
-    from advlab.data import load_dataset
-    from advlab.defenses import TrainConfig, evaluate_accuracy, train
-    from advlab.errors import InputError
-    from advlab.models import build_model, save_model
+    """Train a zoo model; checkpoints every epoch and resumes exactly after an interrupt.
 
-    splits = load_dataset(data, data_dir=data_dir)
-    if splits.train is None:
-        raise InputError(f"dataset {data!r} has no training split; use one with x_train/y_train")
-    c, h, w = splits.train.input_shape
-    net = build_model(model, seed=seed, num_classes=splits.train.num_classes, in_shape=(c, h, w))
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
-                      scheduler=scheduler, seed=seed, recipe=recipe)  # fmt: skip
+    The defaults are those of the model `advlab audit` trains and caches, so
+    `advlab train` with no options builds the same model.
+    """
+    from advlab.defenses import TrainConfig, train_and_save
+
+    cfg = TrainConfig.from_dict({**_TD, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                                 "optimizer": optimizer, "scheduler": scheduler, "seed": seed,
+                                 "recipe": recipe})  # fmt: skip
     dest = Path(out) if out else Path(f"{model}-{data}.safetensors")
-    ckpt = dest.with_suffix(".ckpt")
     with _Bar() as bar:
-        train(net, splits.train, cfg, checkpoint_path=ckpt, resume=resume, progress=bar)
-    net.eval()
-    acc = evaluate_accuracy(net, splits.test)
-    path = save_model(
-        net, dest, arch=model, arch_kwargs={"num_classes": splits.train.num_classes,
-                                            "in_shape": [c, h, w]},
-        dataset=data, clean_accuracy=acc,
-        recipe={"name": recipe, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                "optimizer": optimizer, "scheduler": scheduler}, seed=seed,
-    )  # fmt: skip
-    ckpt.unlink(missing_ok=True)
-    stdout.print(f"test accuracy {acc:.2%}; saved {path}")
+        _, meta = train_and_save(model, data, cfg, dest, data_dir=data_dir, resume=resume,
+                                 progress=bar)  # fmt: skip
+    stdout.print(f"test accuracy {meta.get('clean_accuracy', float('nan')):.2%}; saved {dest}",
+                 highlight=False, markup=False)  # fmt: skip
 
 
 @cli.command("list")
@@ -259,10 +310,11 @@ def runs_list(store: str | None, limit: int) -> None:
     for col in ("id", "kind", "status", "created", "summary"):
         table.add_column(col, no_wrap=True)
     for r in rs:
-        s = r.get("summary") or {}
-        acc = s.get("clean_accuracy")
-        table.add_row(r["id"], r["kind"], r["status"], str(r["created"])[:19],
-                      "" if acc is None else f"clean {acc:.2%}")  # fmt: skip
+        acc = (r.summary or {}).get("clean_accuracy")
+        note = "" if acc is None else f"clean {acc:.2%}"
+        if r.status == "failed" and r.error:
+            note = escape(r.error.splitlines()[0][:60])
+        table.add_row(r.id, r.kind, r.status, str(r.created)[:19], note)
     stdout.print(table)
 
 
@@ -272,24 +324,26 @@ def runs_list(store: str | None, limit: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the full record as JSON.")
 def runs_show(run_id: str, store: str | None, as_json: bool) -> None:
     """Show one run and its evaluations."""
-    r = _store(store).get_run(run_id)
+    from advlab.serialize import pretty_json
+
+    st = _store(store)
+    r = st.get_run(run_id)
+    rows = st.summaries(run_id)
     if as_json:
-        stdout.print_json(json.dumps(r, default=str))
+        stdout.print_json(pretty_json({**r.to_dict(), "rows": [s.to_dict() for s in rows]}))
         return
-    stdout.print(f"run {r['id']}  kind={r['kind']}  status={r['status']}  created={r['created']}")
-    cfg = r.get("config") or {}
-    stdout.print("config: " + json.dumps(cfg, default=str), highlight=False)
+    stdout.print(f"run {r.id}  kind={r.kind}  status={r.status}  created={r.created}",
+                 highlight=False, markup=False)  # fmt: skip
+    if r.error:
+        stdout.print(f"error: {r.error}", highlight=False, markup=False)
+    stdout.print("config: " + json.dumps(r.config, default=str), highlight=False, markup=False)
     table = Table()
-    for col in ("attack", "norm", "eps", "n", "robust acc", "95% CI", "success", "time (s)"):
+    for col in ("attack", "norm", "eps", "n", "robust acc", "95% CI", "success", "time"):
         table.add_column(col)
-    for e in r.get("evaluations", []):
-        ra = e.get("robust_accuracy")
+    for e in rows:
         table.add_row(
-            str(e["attack"]), str(e["norm"]), f"{e['eps']:g}", str(e.get("n")),
-            "-" if ra is None else f"{ra:.2%}",
-            "-" if e.get("ci_low") is None else f"[{e['ci_low']:.2%}, {e['ci_high']:.2%}]",
-            "-" if e.get("success_rate") is None else f"{e['success_rate']:.2%}",
-            "-" if e.get("wall_time") is None else f"{e['wall_time']:.1f}",
+            escape(e.attack), e.norm, f"{e.eps:g}", str(e.n), f"{e.robust_accuracy:.2%}",
+            f"[{e.ci_low:.2%}, {e.ci_high:.2%}]", _pct(e.success_rate), _seconds(e.wall_time),
         )  # fmt: skip
     stdout.print(table)
 

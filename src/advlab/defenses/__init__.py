@@ -3,6 +3,7 @@
 Importing this package registers every built-in recipe in :data:`advlab.registry.RECIPES`.
 """
 
+from advlab.defenses.fit import train_and_save
 from advlab.defenses.recipes import (
     LossFn,
     build_recipe,
@@ -22,4 +23,5 @@ __all__ = [
     "register_recipe",
     "standard",
     "train",
+    "train_and_save",
 ]

@@ -1,27 +1,39 @@
-"""Evaluation: robust accuracy under several attacks over a grid of radii, with confidence intervals."""
+"""Evaluation: robust accuracy under several attacks over a grid of threat models, as
+plan -> run -> sink -> aggregate (see :mod:`advlab.evaluate.engine`)."""
 
-from advlab.evaluate.engine import (
+from advlab.evaluate.aggregate import Evaluation, aggregate, summarize
+from advlab.evaluate.engine import evaluate, summary
+from advlab.evaluate.plan import (
     CLEAN,
     WORST_CASE,
     AttackConfig,
-    Evaluation,
-    Examples,
+    EvalConfig,
+    Plan,
+    Row,
     attack_parameters,
-    batch_seed,
-    evaluate,
-    summary,
+    make_plan,
 )
+from advlab.evaluate.runner import run_batch
+from advlab.evaluate.sinks import JsonlSink, MemorySink, ResultSink
 from advlab.evaluate.stats import wilson_interval
 
 __all__ = [
     "CLEAN",
     "WORST_CASE",
     "AttackConfig",
+    "EvalConfig",
     "Evaluation",
-    "Examples",
+    "JsonlSink",
+    "MemorySink",
+    "Plan",
+    "ResultSink",
+    "Row",
+    "aggregate",
     "attack_parameters",
-    "batch_seed",
     "evaluate",
+    "make_plan",
+    "run_batch",
+    "summarize",
     "summary",
     "wilson_interval",
 ]

@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import torch
 from markupsafe import Markup
 
-from advlab.evaluate.engine import WORST_CASE, Evaluation
+from advlab.evaluate.aggregate import Evaluation
+from advlab.evaluate.plan import WORST_CASE
 from advlab.fileio import atomic_write_text
-from advlab.report.json_report import plain
+from advlab.serialize import plain
 
 Section = Callable[[Evaluation, Mapping[str, Any]], str]
 """``section(evaluation, extra) -> html``: one part of the report (``""`` to skip)."""
@@ -115,13 +117,13 @@ _HEADER = """
 <header>
 <h1>{{ title }}</h1>
 <p class="lead">{{ model }} on {{ dataset }} ({{ n | num }} samples, {{ classes }} classes) under
-{{ norm }} perturbations, eps in [{{ eps_list }}].</p>
+{{ grid }}.</p>
 <dl class="meta">
   <dt>model</dt><dd><code>{{ model }}</code>{% if model_info %}<br><span class="note">{% for k, v in model_info.items() %}{{ k }}: {{ v }}{% if not loop.last %} · {% endif %}{% endfor %}</span>{% endif %}</dd>
   <dt>dataset</dt><dd><code>{{ dataset }}</code>{% if data_info %}<br><span class="note">{% for k, v in data_info.items() %}{{ k }}: {{ v }}{% if not loop.last %} · {% endif %}{% endfor %}</span>{% endif %}</dd>
   <dt>run</dt><dd>{% if run_id %}<code>{{ run_id }}</code>{% else %}not stored{% endif %}</dd>
   <dt>date</dt><dd>{{ date }}</dd>
-  <dt>threat model</dt><dd>{{ norm }} ball of radius eps, inputs in [{{ lower }}, {{ upper }}]</dd>
+  <dt>threat model</dt><dd>{{ norms }} ball of radius eps, inputs in [{{ lower }}, {{ upper }}]</dd>
   <dt>attacks</dt><dd>{% for a in attacks %}<code>{{ a.name }}</code>{% if a.params %}
       ({% for k, v in a.params.items() %}{{ k }}={{ v }}{% if not loop.last %}, {% endif %}{% endfor %}){% endif %}{% if not loop.last %}; {% endif %}{% endfor %}</dd>
   <dt>seed</dt><dd>{{ seed }}</dd>
@@ -147,12 +149,12 @@ def _named(value: Any, default: str) -> tuple[str, dict[str, str]]:
 
 
 def header_section(ev: Evaluation, extra: Mapping[str, Any]) -> str:
-    """Title, model, dataset, run id, date, versions, seed and the full configuration."""
-    env = extra.get("environment")
-    if not isinstance(env, Mapping):
-        from advlab.store.sqlite import environment_info
+    """Title, model, dataset, run id, date, versions, seed and the full configuration.
 
-        env = environment_info(seed=int(ev.config.get("seed", 0)))
+    Versions, revision and date come from the evaluation's provenance, captured when the work
+    ran (not from the machine that renders the page).
+    """
+    env = ev.provenance
     versions = {
         k: env[k]
         for k in ("advlab", "torch", "python", "numpy", "cuda", "git_revision", "platform")
@@ -172,12 +174,15 @@ def header_section(ev: Evaluation, extra: Mapping[str, Any]) -> str:
         data_info=data_info,
         n=ev.n,
         classes=ev.num_classes,
-        norm=ev.norm,
-        eps_list=", ".join(fmt_num(e) for e in ev.eps_grid),
+        grid="; ".join(
+            f"{n} perturbations, eps in [{', '.join(fmt_num(e) for e in ev.eps_grid(n))}]"
+            for n in ev.norms
+        ),
+        norms=" or ".join(ev.norms),
         run_id=ev.run_id or extra.get("run_id"),
-        date=str(extra.get("date") or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
-        lower=fmt_num(float(ev.config.get("lower", 0.0))),
-        upper=fmt_num(float(ev.config.get("upper", 1.0))),
+        date=str(extra.get("date") or env.get("started") or "unknown"),
+        lower=fmt_num(ev.threats[0].lower),
+        upper=fmt_num(ev.threats[0].upper),
         attacks=[a.to_dict() for a in ev.attacks],
         seed=ev.config.get("seed"),
         clean=ev.clean_accuracy,
@@ -224,15 +229,15 @@ Success rate is the fraction of correctly classified samples an attack flipped; 
 def summary_section(ev: Evaluation, extra: Mapping[str, Any]) -> str:
     """The table: attack, eps, robust accuracy with CI, success rate, median norm, cost."""
     rows = []
-    last_eps = None
-    for r in ev.rows:
-        rows.append({**r, "first": r["eps"] != last_eps and last_eps is not None})
-        last_eps = r["eps"]
+    last = None
+    for s in ev.summaries:
+        rows.append({**s.to_dict(), "first": (s.norm, s.eps) != last and last is not None})
+        last = (s.norm, s.eps)
     return fragment(
         _SUMMARY,
         rows=rows,
         worst=WORST_CASE,
-        norm=ev.norm,
+        norm=" / ".join(ev.norms),
         clean=ev.clean_accuracy,
         clean_lo=ev.clean_ci[0],
         clean_hi=ev.clean_ci[1],
@@ -242,25 +247,31 @@ def summary_section(ev: Evaluation, extra: Mapping[str, Any]) -> str:
 _CURVE = """
 <section id="curve">
 <h2>Robust accuracy against eps</h2>
+{% for norm, uri in plots %}
 <img src="{{ uri }}" class="plot" alt="robust accuracy against {{ norm }} eps, one line per attack and the worst case, with 95% intervals">
+{% endfor %}
 <p class="note">Shaded bands are Wilson 95% intervals; the dotted line is clean accuracy.</p>
 </section>
 """
 
 
-def robustness_plot(ev: Evaluation) -> str:
-    """Robust accuracy against eps, one line per attack plus the worst case, as a data URI."""
+def robustness_plot(ev: Evaluation, norm: str | None = None) -> str:
+    """Robust accuracy against eps in one norm, one line per attack plus the worst case, as a
+    data URI."""
+    norm = norm or ev.norm
     fig = _figure(6.8, 4.2)
     ax = fig.add_subplot()
     names = ev.attack_names
     colors = [f"C{i}" for i in range(len(names) - 1)] + ["black"]
     for name, color in zip(names, colors, strict=True):
-        curve = ev.curve(name)
-        eps = [r["eps"] for r in curve]
-        acc = [r["robust_accuracy"] for r in curve]
+        curve = ev.curve(name, norm)
+        if not curve:
+            continue
+        eps = [r.eps for r in curve]
+        acc = [r.robust_accuracy for r in curve]
         worst = name == WORST_CASE
         ax.fill_between(
-            eps, [r["ci_low"] for r in curve], [r["ci_high"] for r in curve],
+            eps, [r.ci_low for r in curve], [r.ci_high for r in curve],
             color=color, alpha=0.12 if worst else 0.15, linewidth=0,
         )  # fmt: skip
         ax.plot(
@@ -269,7 +280,7 @@ def robustness_plot(ev: Evaluation) -> str:
             zorder=3 if worst else 2,
         )  # fmt: skip
     ax.axhline(ev.clean_accuracy, color="grey", linestyle=":", linewidth=1, label="clean")
-    ax.set_xlabel(f"eps ({ev.norm})")
+    ax.set_xlabel(f"eps ({norm})")
     ax.set_ylabel("robust accuracy")
     ax.set_ylim(0.0, 1.02)
     ax.grid(True, alpha=0.3)
@@ -279,7 +290,7 @@ def robustness_plot(ev: Evaluation) -> str:
 
 def curve_section(ev: Evaluation, extra: Mapping[str, Any]) -> str:
     """The robust-accuracy-against-eps plot."""
-    return fragment(_CURVE, uri=robustness_plot(ev), norm=ev.norm)
+    return fragment(_CURVE, plots=[(n, robustness_plot(ev, n)) for n in ev.norms])
 
 
 _EXAMPLES = """
@@ -305,11 +316,11 @@ def _label(i: int, names: Sequence[str] | None) -> str:
 def examples_plot(ev: Evaluation, class_names: Sequence[str] | None = None) -> str:
     """Grid of clean / adversarial / perturbation images of :attr:`Evaluation.examples`."""
     ex = ev.examples
-    if ex is None or len(ex) == 0:
+    if not ex:
         raise ValueError("the evaluation holds no examples")
-    lo = float(ev.config.get("lower", 0.0))
-    hi = float(ev.config.get("upper", 1.0))
-    x, x_adv = ex.x.double(), ex.x_adv.double()
+    lo, hi = ev.threats[0].lower, ev.threats[0].upper
+    x = torch.stack([e.x for e in ex]).double()
+    x_adv = torch.stack([e.x_adv for e in ex]).double()
     if x.dim() == 3:  # (K, H, W)
         x, x_adv = x[:, None], x_adv[:, None]
     k = len(ex)
@@ -324,10 +335,10 @@ def examples_plot(ev: Evaluation, class_names: Sequence[str] | None = None) -> s
         delta = x_adv[j] - x[j]
         amp = 0.5 / max(float(delta.abs().max()), 1e-12)
         rows = (
-            ((x[j] - lo) / (hi - lo), f"{_label(int(ex.label[j]), class_names)} → "
-             f"{_label(int(ex.clean_pred[j]), class_names)}"),
-            ((x_adv[j] - lo) / (hi - lo), f"{_label(int(ex.adv_pred[j]), class_names)} "
-             f"({ex.attack[j]})"),
+            ((x[j] - lo) / (hi - lo), f"{_label(ex[j].label, class_names)} → "
+             f"{_label(ex[j].clean_pred, class_names)}"),
+            ((x_adv[j] - lo) / (hi - lo), f"{_label(ex[j].adv_pred, class_names)} "
+             f"({ex[j].attack})"),
             (0.5 + amp * delta, f"×{amp:.3g}"),
         )  # fmt: skip
         for i, (t, title) in enumerate(rows):
@@ -345,18 +356,20 @@ def examples_plot(ev: Evaluation, class_names: Sequence[str] | None = None) -> s
 def examples_section(ev: Evaluation, extra: Mapping[str, Any]) -> str:
     """The image grid: clean, adversarial and amplified perturbation, with labels and predictions."""
     ex = ev.examples
-    if ex is None or len(ex) == 0:
+    if not ex:
         reason = "No sample was flipped at the middle eps of the grid, so there is nothing to show."
         return fragment(_EXAMPLES, uri=None, reason=reason, k=0, eps=0.0)
-    if ex.x.dim() not in (3, 4) or (ex.x.dim() == 4 and ex.x.shape[1] not in (1, 3)):
+    shape = tuple(ex[0].x.shape)
+    eps = ev.example_eps
+    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[0] not in (1, 3)):
         reason = (
-            f"The inputs have shape {tuple(ex.x.shape[1:])}, not images with 1 or 3 channels; "
+            f"The inputs have shape {shape}, not images with 1 or 3 channels; "
             "examples are listed in the JSON report."
         )
-        return fragment(_EXAMPLES, uri=None, reason=reason, k=0, eps=ex.eps)
+        return fragment(_EXAMPLES, uri=None, reason=reason, k=0, eps=eps)
     names = extra.get("class_names")
     names = [str(c) for c in names] if isinstance(names, Sequence) else None
-    return fragment(_EXAMPLES, uri=examples_plot(ev, names), reason="", k=len(ex), eps=ex.eps)
+    return fragment(_EXAMPLES, uri=examples_plot(ev, names), reason="", k=len(ex), eps=eps)
 
 
 #: The default sections, in page order.
@@ -396,8 +409,7 @@ def write_html_report(
         path: destination; parent folders are created.
         evaluation: the result of :func:`advlab.evaluate.evaluate`.
         extra: context for the header and for extra sections: ``model`` (a display name),
-            ``title``, ``date``, ``run_id``, ``environment`` (default: this machine's
-            :func:`advlab.store.environment_info`), ``config`` (the run's configuration),
+            ``title``, ``date``, ``run_id``, ``config`` (the run's configuration),
             ``class_names``.
         sections: the sections to render, in order; default :data:`SECTIONS`.
 

@@ -1,23 +1,21 @@
-"""The run store: runs, evaluations and per-sample results in one SQLite file."""
+"""The run store: runs, per-sample records, kept examples and summaries in one SQLite file."""
 
+from advlab.store.sink import StoreSink
 from advlab.store.sqlite import (
-    SAMPLE_COLUMNS,
+    MIGRATIONS,
     SCHEMA_VERSION,
     STATUSES,
+    RunInfo,
     RunStore,
-    canonical_json,
-    environment_info,
-    git_revision,
     new_run_id,
 )
 
 __all__ = [
-    "SAMPLE_COLUMNS",
+    "MIGRATIONS",
     "SCHEMA_VERSION",
     "STATUSES",
+    "RunInfo",
     "RunStore",
-    "canonical_json",
-    "environment_info",
-    "git_revision",
+    "StoreSink",
     "new_run_id",
 ]

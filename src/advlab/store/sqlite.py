@@ -1,16 +1,23 @@
-"""The run store: every audit, training and evaluation run, and its per-sample results, in SQLite.
+"""The run store: every run, its per-sample records, kept examples and summaries, in SQLite.
 
-One file (by default :func:`advlab.paths.store_path`) holds three tables:
+One file (by default :func:`advlab.paths.store_path`) holds:
 
-* ``runs``: one row per run, with its kind, status, configuration, environment and summary;
-* ``evaluations``: one row per (run, attack, norm, eps), with the aggregate numbers;
-* ``samples``: one row per (evaluation, dataset index) with the per-sample outcome.
+* ``runs``: one row per run: kind, status, configuration, provenance (:mod:`advlab.provenance`),
+  summary, the reason it failed, and the lease of the process that owns it;
+* ``evaluations``: one row per (run, attack, norm, eps): a :class:`~advlab.results.Cell` that
+  was run, or a row derived from cells (a minimal attack read at an eps, the worst case), with
+  its aggregate :class:`~advlab.results.Summary`;
+* ``samples``: one :class:`~advlab.results.SampleRecord` per (evaluation, dataset index);
+* ``examples``: the adversarial examples kept for the report's image grid.
 
-Samples are addressed by their index in the dataset, so a run that was interrupted resumes by
-skipping the indices already stored (:meth:`RunStore.done_indices`) and shards of one evaluation
-merge by inserting their rows. The database runs in WAL mode so that a reader (``advlab runs
-list``) never blocks a writer, and each batch of samples is written in one transaction, so an
-interrupt loses at most the batch in flight.
+Samples are addressed by their dataset index, so an interrupted run resumes by skipping the
+indices already stored, and shards of one evaluation merge by inserting their rows. The database
+runs in WAL mode (a reader never blocks a writer); each batch of records is written in one
+transaction, so an interrupt loses at most the batch in flight.
+
+**Schema versions.** The file records its schema version. Opening a file written by an older
+advlab upgrades it in place with the forward migrations in :data:`MIGRATIONS`, one version at a
+time, each in one transaction; a file from a newer advlab is refused.
 """
 
 from __future__ import annotations
@@ -19,55 +26,51 @@ import json
 import logging
 import math
 import os
-import platform
 import secrets
 import sqlite3
-import subprocess
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from advlab import paths
 from advlab.errors import CheckpointError, ConfigError, UnknownNameError
+from advlab.results import Cell, Example, SampleRecord, Summary
+from advlab.serialize import canonical_json, from_plain_float
 
 log = logging.getLogger(__name__)
 
-#: Version of the table layout written by this code; bumped on incompatible changes.
-SCHEMA_VERSION = 1
+#: Version of the table layout written by this code.
+SCHEMA_VERSION = 2
 
 #: The states a run can be in.
 STATUSES: tuple[str, ...] = ("running", "complete", "failed", "interrupted")
 
-#: Columns of one sample row, in the order :meth:`RunStore.add_samples` accepts for sequences.
-SAMPLE_COLUMNS: tuple[str, ...] = (
-    "idx", "label", "clean_pred", "adv_pred", "success", "norm", "queries",
-)  # fmt: skip
-
-#: Aggregate columns of an evaluation row, set by :meth:`RunStore.update_evaluation_summary`.
-SUMMARY_COLUMNS: tuple[str, ...] = (
-    "n", "robust_accuracy", "ci_low", "ci_high", "success_rate", "mean_norm", "median_norm",
-    "wall_time", "queries",
-)  # fmt: skip
-
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
+CREATE TABLE meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS runs (
+CREATE TABLE runs (
     id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
     created TEXT NOT NULL,
     finished TEXT,
     status TEXT NOT NULL CHECK (status IN ('running', 'complete', 'failed', 'interrupted')),
     config TEXT NOT NULL,
-    environment TEXT NOT NULL,
-    summary TEXT
+    provenance TEXT NOT NULL,
+    summary TEXT,
+    error TEXT,
+    owner TEXT,
+    heartbeat REAL
 );
-CREATE INDEX IF NOT EXISTS runs_kind_status ON runs (kind, status);
-CREATE TABLE IF NOT EXISTS evaluations (
+CREATE INDEX runs_kind_status ON runs (kind, status);
+CREATE TABLE evaluations (
     id INTEGER PRIMARY KEY,
     run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
     attack TEXT NOT NULL,
@@ -83,9 +86,10 @@ CREATE TABLE IF NOT EXISTS evaluations (
     median_norm REAL,
     wall_time REAL NOT NULL DEFAULT 0,
     queries INTEGER,
+    robust INTEGER,
     UNIQUE (run_id, attack, norm, eps)
 );
-CREATE TABLE IF NOT EXISTS samples (
+CREATE TABLE samples (
     evaluation_id INTEGER NOT NULL REFERENCES evaluations (id) ON DELETE CASCADE,
     idx INTEGER NOT NULL,
     label INTEGER NOT NULL,
@@ -94,36 +98,52 @@ CREATE TABLE IF NOT EXISTS samples (
     success INTEGER NOT NULL,
     norm REAL NOT NULL,
     queries INTEGER NOT NULL,
+    target INTEGER,
+    extras TEXT,
+    certified REAL,
+    shard INTEGER,
+    PRIMARY KEY (evaluation_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE examples (
+    evaluation_id INTEGER NOT NULL REFERENCES evaluations (id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    shape TEXT NOT NULL,
+    x BLOB NOT NULL,
+    x_adv BLOB NOT NULL,
+    label INTEGER NOT NULL,
+    clean_pred INTEGER NOT NULL,
+    adv_pred INTEGER NOT NULL,
     PRIMARY KEY (evaluation_id, idx)
 ) WITHOUT ROWID;
 """
 
 
-def canonical_json(obj: Any) -> str:
-    """JSON with sorted keys and no spaces, so equal configurations give equal strings.
+def _v1_to_v2(c: sqlite3.Connection) -> None:
+    """Version 2: typed per-sample records (target, extras, certified bound, shard), kept
+    examples, run provenance (renamed from environment), failure reasons and run leases."""
+    c.execute("ALTER TABLE runs RENAME COLUMN environment TO provenance")
+    for col in ("error TEXT", "owner TEXT", "heartbeat REAL"):
+        c.execute(f"ALTER TABLE runs ADD COLUMN {col}")
+    c.execute("ALTER TABLE evaluations ADD COLUMN robust INTEGER")
+    c.execute(
+        "UPDATE evaluations SET robust = CAST(ROUND(robust_accuracy * n) AS INTEGER) "
+        "WHERE robust_accuracy IS NOT NULL AND n IS NOT NULL"
+    )
+    for col in ("target INTEGER", "extras TEXT", "certified REAL", "shard INTEGER"):
+        c.execute(f"ALTER TABLE samples ADD COLUMN {col}")
+    _script(c, _SCHEMA[_SCHEMA.index("CREATE TABLE examples") :])
 
-    NaN and infinities are written as the strings ``"nan"``, ``"inf"`` and ``"-inf"``; tuples
-    become lists; anything else that JSON cannot hold raises :class:`ConfigError`.
-    """
-    try:
-        return json.dumps(_plain(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(
-            f"cannot store {type(obj).__name__} as JSON ({e}); use numbers, strings, lists and "
-            "dicts in configurations and parameters"
-        ) from None
+
+def _script(c: sqlite3.Connection, sql: str) -> None:
+    """Run ``;``-separated statements inside the open transaction (``executescript`` would
+    commit it first)."""
+    for stmt in sql.split(";"):
+        if stmt.strip():
+            c.execute(stmt)
 
 
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return "nan" if obj != obj else ("inf" if obj > 0 else "-inf")
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+#: ``MIGRATIONS[v]`` upgrades a version-``v`` file to version ``v + 1``.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2}
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -136,57 +156,53 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def git_revision(path: str | os.PathLike[str] | None = None) -> str | None:
-    """The git commit of the checkout holding ``path`` (default: advlab's source), if any."""
-    where = Path(path) if path is not None else Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=where,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    rev = out.stdout.strip()
-    return rev if out.returncode == 0 and rev else None
-
-
-def environment_info(seed: int | None = None) -> dict[str, Any]:
-    """What to record with a run so that it can be reproduced.
-
-    Returns:
-        Versions of Python, advlab, torch, numpy; the platform; the git revision of advlab's
-        checkout (``None`` for an installed wheel); the device torch sees; and ``seed``.
-    """
-    import numpy
-    import torch
-
-    import advlab
-
-    return {
-        "python": platform.python_version(),
-        "advlab": advlab.__version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "platform": platform.platform(),
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "git_revision": git_revision(),
-        "seed": seed,
-    }
-
-
 def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-class RunStore:
-    """A SQLite file holding runs, evaluations and per-sample results.
+def _num(v: float | None) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
-    The file and its tables are created on first open. Use it as a context manager, or call
-    :meth:`close`.
+
+def _nan(v: float | None) -> float:
+    return math.nan if v is None else float(v)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One row of the ``runs`` table.
+
+    Attributes:
+        id, kind, created, finished, status: what and when; ``status`` is one of
+            :data:`STATUSES`.
+        config: the resolved configuration the run was started with.
+        provenance: what produced it (:func:`advlab.provenance.capture`).
+        summary: the short result stored at the end, if any.
+        error: why it failed, for ``status == "failed"``.
+        owner, heartbeat: the process holding the run and its last sign of life (unix time).
+    """
+
+    id: str
+    kind: str
+    created: str
+    finished: str | None
+    status: str
+    config: dict[str, Any]
+    provenance: dict[str, Any]
+    summary: dict[str, Any] | None
+    error: str | None
+    owner: str | None
+    heartbeat: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class RunStore:
+    """A SQLite file holding runs, their records, examples and summaries.
+
+    The file and its tables are created on first open; an older file is migrated. Use it as a
+    context manager, or call :meth:`close`.
 
     Args:
         path: the database file; default :func:`advlab.paths.store_path`.
@@ -194,22 +210,14 @@ class RunStore:
     Raises:
         CheckpointError: if the file exists but is not an advlab run store (corrupt, another
             program's database, or written by a newer advlab).
-
-    Example:
-        >>> with RunStore(tmp_path / "runs.sqlite") as store:
-        ...     run = store.create_run("evaluate", {"eps": [0.1]}, environment_info(seed=0))
-        ...     ev = store.ensure_evaluation(run, "pgd", "linf", 0.1, {"steps": 10})
-        ...     store.add_samples(ev, [{"idx": 0, "label": 3, "clean_pred": 3, "adv_pred": 5,
-        ...                             "success": 1, "norm": 0.1, "queries": 11}])
-        ...     store.finish_run(run, "complete", {"robust_accuracy": 0.0})
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path).expanduser() if path is not None else paths.store_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.path, timeout=30.0)
-        except sqlite3.Error as e:
+        except (OSError, sqlite3.Error) as e:
             raise CheckpointError(
                 f"cannot open the run store {self.path} ({e}); check that it is a writable file, "
                 "or set ADVLAB_HOME to use another folder"
@@ -235,22 +243,37 @@ class RunStore:
             log.warning("could not switch %s to WAL mode (journal_mode=%s)", self.path, mode)
         c.execute("PRAGMA synchronous=NORMAL")
         c.execute("PRAGMA foreign_keys=ON")
-        with c:
-            c.executescript(_SCHEMA)
-            row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is None:
-                c.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
+        c.execute("BEGIN IMMEDIATE")  # one process creates or migrates at a time
+        try:
+            tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "meta" not in tables:
+                if tables:
+                    raise sqlite3.DatabaseError("it has tables but no advlab 'meta' table")
+                _script(c, _SCHEMA)
+                c.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 version = SCHEMA_VERSION
             else:
-                version = int(row[0])
-        if version > SCHEMA_VERSION:
-            raise CheckpointError(
-                f"the run store {self.path} has schema version {version}, newer than this "
-                f"advlab understands ({SCHEMA_VERSION}); upgrade advlab or use another store"
-            )
+                row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                version = int(row[0]) if row is not None else 0
+            if version > SCHEMA_VERSION:
+                raise CheckpointError(
+                    f"the run store {self.path} has schema version {version}, newer than this "
+                    f"advlab understands ({SCHEMA_VERSION}); upgrade advlab or use another store"
+                )
+            while version < SCHEMA_VERSION:
+                if version not in MIGRATIONS:
+                    raise CheckpointError(
+                        f"the run store {self.path} has schema version {version}, which this "
+                        "advlab cannot upgrade; start a new store"
+                    )
+                log.info("migrating %s from schema %d to %d", self.path, version, version + 1)
+                MIGRATIONS[version](c)
+                version += 1
+                c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -289,18 +312,20 @@ class RunStore:
         self,
         kind: str,
         config: Mapping[str, Any],
-        environment: Mapping[str, Any] | None = None,
+        provenance: Mapping[str, Any] | None = None,
         *,
         run_id: str | None = None,
+        owner: str | None = None,
     ) -> str:
         """Record a new run with status ``"running"``.
 
         Args:
             kind: what the run does: ``"audit"``, ``"train"``, ``"evaluate"``, ...
-            config: the resolved configuration, as given (stored as canonical JSON; two runs
-                with equal configurations store equal strings, see :meth:`find_resumable`).
-            environment: versions, git revision, seed (see :func:`environment_info`).
+            config: the resolved configuration (canonical JSON: equal configurations store
+                equal strings, see :func:`advlab.store.lease.claim`).
+            provenance: what produced it (:func:`advlab.provenance.capture`).
             run_id: an explicit id; default :func:`new_run_id`.
+            owner: the lease holder (see :mod:`advlab.store.lease`), with a heartbeat of now.
 
         Returns:
             The run id.
@@ -312,16 +337,14 @@ class RunStore:
         with self._tx() as c:
             try:
                 c.execute(
-                    "INSERT INTO runs (id, kind, created, status, config, environment) "
-                    "VALUES (?, ?, ?, 'running', ?, ?)",
+                    "INSERT INTO runs (id, kind, created, status, config, provenance, owner, "
+                    "heartbeat) VALUES (?, ?, ?, 'running', ?, ?, ?, ?)",
                     (
-                        rid,
-                        kind,
-                        now.isoformat(timespec="seconds"),
-                        canonical_json(config),
-                        canonical_json(environment or {}),
+                        rid, kind, now.isoformat(timespec="seconds"), canonical_json(config),
+                        canonical_json(provenance or {}), owner,
+                        time.time() if owner else None,
                     ),
-                )
+                )  # fmt: skip
             except sqlite3.IntegrityError:
                 raise ConfigError(
                     f"a run with id {rid!r} already exists in {self.path}; pick another id"
@@ -336,13 +359,14 @@ class RunStore:
             )
 
     def set_status(self, run_id: str, status: str) -> None:
-        """Change a run's status; ``"running"`` also clears ``finished`` (a resumed run)."""
+        """Change a run's status; ``"running"`` also clears ``finished`` and ``error``."""
         self._check_status(status)
         self._check_run(run_id)
         with self._tx() as c:
             if status == "running":
                 c.execute(
-                    "UPDATE runs SET status = ?, finished = NULL WHERE id = ?", (status, run_id)
+                    "UPDATE runs SET status = ?, finished = NULL, error = NULL WHERE id = ?",
+                    (status, run_id),
                 )
             else:
                 c.execute(
@@ -355,22 +379,24 @@ class RunStore:
         run_id: str,
         status: str = "complete",
         summary: Mapping[str, Any] | None = None,
+        *,
+        error: str | None = None,
     ) -> None:
-        """Mark a run as ended (``"complete"``, ``"failed"`` or ``"interrupted"``) with a summary."""
+        """Mark a run as ended (``"complete"``, ``"failed"`` or ``"interrupted"``), release its
+        lease, and record a summary and, for a failure, the reason."""
         self._check_status(status)
         if status == "running":
             raise ConfigError("finish_run needs an end status: complete, failed or interrupted")
         self._check_run(run_id)
         with self._tx() as c:
             c.execute(
-                "UPDATE runs SET status = ?, finished = ?, summary = ? WHERE id = ?",
+                "UPDATE runs SET status = ?, finished = ?, summary = ?, error = ?, owner = NULL, "
+                "heartbeat = NULL WHERE id = ?",
                 (
-                    status,
-                    _now(),
-                    canonical_json(summary) if summary is not None else None,
-                    run_id,
+                    status, _now(), canonical_json(summary) if summary is not None else None,
+                    error, run_id,
                 ),
-            )
+            )  # fmt: skip
 
     @staticmethod
     def _check_status(status: str) -> None:
@@ -378,22 +404,18 @@ class RunStore:
             raise ConfigError(f"unknown run status {status!r}; use one of {', '.join(STATUSES)}")
 
     @staticmethod
-    def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
-        return {
-            "id": row["id"],
-            "kind": row["kind"],
-            "created": row["created"],
-            "finished": row["finished"],
-            "status": row["status"],
-            "config": _loads(row["config"]),
-            "environment": _loads(row["environment"]),
-            "summary": _loads(row["summary"]),
-        }
+    def _run(row: sqlite3.Row) -> RunInfo:
+        return RunInfo(
+            id=row["id"], kind=row["kind"], created=row["created"], finished=row["finished"],
+            status=row["status"], config=_loads(row["config"]),
+            provenance=_loads(row["provenance"]), summary=_loads(row["summary"]),
+            error=row["error"], owner=row["owner"], heartbeat=row["heartbeat"],
+        )  # fmt: skip
 
     def list_runs(
         self, limit: int | None = 20, *, kind: str | None = None, status: str | None = None
-    ) -> list[dict[str, Any]]:
-        """The most recently created runs first, as dicts (without their evaluations)."""
+    ) -> list[RunInfo]:
+        """The most recently created runs first."""
         sql = "SELECT * FROM runs"
         where: list[str] = []
         args: list[Any] = []
@@ -410,10 +432,10 @@ class RunStore:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(int(limit))
-        return [self._run_dict(r) for r in self._conn.execute(sql, args)]
+        return [self._run(r) for r in self._conn.execute(sql, args)]
 
-    def get_run(self, run_id: str) -> dict[str, Any]:
-        """One run as a dict, with its evaluations (without samples) under ``"evaluations"``.
+    def get_run(self, run_id: str) -> RunInfo:
+        """One run.
 
         Raises:
             UnknownNameError: if there is no such run.
@@ -423,156 +445,132 @@ class RunStore:
             raise UnknownNameError(
                 f"no run {run_id!r} in {self.path}; `advlab runs list` shows the runs"
             )
-        run = self._run_dict(row)
-        run["evaluations"] = self.evaluations(run_id)
-        return run
+        return self._run(row)
 
-    def find_resumable(self, kind: str, config: Mapping[str, Any]) -> str | None:
-        """The latest run of ``kind`` with an identical configuration that did not complete.
+    def execute_in_transaction(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn(connection)`` inside one ``BEGIN IMMEDIATE`` transaction (a write lock held
+        from the start, so that a read-then-write decision cannot race another process)."""
+        c = self._conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            out = fn(c)
+            c.execute("COMMIT")
+            return out
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
 
-        An interrupted or failed audit is resumed by passing this id back to the code that
-        writes the run; the batches it stored are not computed again.
-        """
-        row = self._conn.execute(
-            "SELECT id FROM runs WHERE kind = ? AND status != 'complete' AND config = ? "
-            "ORDER BY rowid DESC LIMIT 1",
-            (kind, canonical_json(config)),
-        ).fetchone()
-        return None if row is None else str(row[0])
+    # -- cells (evaluations) ------------------------------------------------------------------
 
-    # -- evaluations ----------------------------------------------------------------------------
-
-    def get_evaluation_id(self, run_id: str, attack: str, norm: str, eps: float) -> int | None:
-        """The id of the evaluation (run, attack, norm, eps), or ``None`` if it is not stored."""
+    def find_cell(self, run_id: str, attack: str, norm: str, eps: float) -> int | None:
+        """The id of the evaluation row (run, attack, norm, eps), or ``None``."""
         row = self._conn.execute(
             "SELECT id FROM evaluations WHERE run_id = ? AND attack = ? AND norm = ? AND eps = ?",
             (run_id, attack, norm, float(eps)),
         ).fetchone()
         return None if row is None else int(row[0])
 
-    def ensure_evaluation(
-        self,
-        run_id: str,
-        attack: str,
-        norm: str,
-        eps: float,
-        params: Mapping[str, Any] | None = None,
-    ) -> int:
-        """The id of the evaluation (run, attack, norm, eps), created if it does not exist.
+    def cell_id(self, run_id: str, cell: Cell) -> int:
+        """The id of ``cell``'s evaluation row in the run, created if it does not exist.
 
         Raises:
             UnknownNameError: if there is no such run.
-            ConfigError: if the evaluation exists with other attack parameters (its stored
-                samples would not match the new ones).
+            ConfigError: if the row exists with other parameters (its stored records would not
+                match the new ones).
         """
         self._check_run(run_id)
-        text = canonical_json(params or {})
+        text = canonical_json(cell.params)
         with self._tx() as c:
             c.execute(
                 "INSERT OR IGNORE INTO evaluations (run_id, attack, norm, eps, params) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (run_id, attack, norm, float(eps), text),
+                (run_id, cell.attack, cell.norm, float(cell.eps), text),
             )
             row = c.execute(
                 "SELECT id, params FROM evaluations "
                 "WHERE run_id = ? AND attack = ? AND norm = ? AND eps = ?",
-                (run_id, attack, norm, float(eps)),
+                (run_id, cell.attack, cell.norm, float(cell.eps)),
             ).fetchone()
         if row["params"] != text:
             raise ConfigError(
-                f"run {run_id!r} already holds {attack} at {norm} eps={eps} with parameters "
-                f"{row['params']}, not {text}; start a new run to use other parameters"
+                f"run {run_id!r} already holds {cell} with parameters {row['params']}, not "
+                f"{text}; start a new run to use other parameters"
             )
         return int(row["id"])
 
-    def evaluations(self, run_id: str) -> list[dict[str, Any]]:
-        """The evaluations of a run, as dicts in insertion order (without samples)."""
+    def write_summary(self, run_id: str, summary: Summary) -> None:
+        """Store the aggregate numbers of one row (created if it is not stored yet)."""
+        cell = Cell(summary.attack, summary.norm, summary.eps, summary.params)
+        eid = self.cell_id(run_id, cell)
+        with self._tx() as c:
+            c.execute(
+                "UPDATE evaluations SET n = ?, robust = ?, robust_accuracy = ?, ci_low = ?, "
+                "ci_high = ?, success_rate = ?, mean_norm = ?, median_norm = ?, queries = ?, "
+                "wall_time = ? WHERE id = ?",
+                (
+                    summary.n, summary.robust, summary.robust_accuracy, summary.ci_low,
+                    summary.ci_high, _num(summary.success_rate), _num(summary.mean_norm),
+                    _num(summary.median_norm), summary.queries, summary.wall_time, eid,
+                ),
+            )  # fmt: skip
+
+    def summaries(self, run_id: str) -> list[Summary]:
+        """The stored summaries of a run, in the order they were first written."""
         self._check_run(run_id)
         rows = self._conn.execute(
-            "SELECT * FROM evaluations WHERE run_id = ? ORDER BY id", (run_id,)
+            "SELECT * FROM evaluations WHERE run_id = ? AND n IS NOT NULL ORDER BY id", (run_id,)
         ).fetchall()
-        out = []
-        for r in rows:
-            d = {k: r[k] for k in r.keys()}
-            d["params"] = _loads(d["params"])
-            out.append(d)
-        return out
-
-    def evaluation(self, evaluation_id: int) -> dict[str, Any]:
-        """One evaluation row as a dict (without samples).
-
-        Raises:
-            UnknownNameError: if there is no such evaluation.
-        """
-        r = self._conn.execute(
-            "SELECT * FROM evaluations WHERE id = ?", (evaluation_id,)
-        ).fetchone()
-        if r is None:
-            raise UnknownNameError(f"no evaluation {evaluation_id} in {self.path}")
-        d = {k: r[k] for k in r.keys()}
-        d["params"] = _loads(d["params"])
-        return d
-
-    def update_evaluation_summary(self, evaluation_id: int, **values: float | int | None) -> None:
-        """Set the aggregate columns of an evaluation.
-
-        Args:
-            values: any of ``n``, ``robust_accuracy``, ``ci_low``, ``ci_high``,
-                ``success_rate``, ``mean_norm``, ``median_norm``, ``wall_time``, ``queries``;
-                NaN is stored as NULL.
-        """
-        unknown = sorted(set(values) - set(SUMMARY_COLUMNS))
-        if unknown:
-            raise ConfigError(
-                f"unknown evaluation columns {', '.join(unknown)}; use {', '.join(SUMMARY_COLUMNS)}"
+        return [
+            Summary(
+                attack=r["attack"],
+                norm=r["norm"],
+                eps=r["eps"],
+                params=_loads(r["params"]),
+                n=r["n"],
+                robust=r["robust"]
+                if r["robust"] is not None
+                else round(r["robust_accuracy"] * r["n"]),
+                robust_accuracy=r["robust_accuracy"],
+                ci_low=r["ci_low"],
+                ci_high=r["ci_high"],
+                success_rate=_nan(r["success_rate"]),
+                mean_norm=_nan(r["mean_norm"]),
+                median_norm=_nan(r["median_norm"]),
+                queries=r["queries"] or 0,
+                wall_time=r["wall_time"] or 0.0,
             )
-        if not values:
-            return
-        cols = list(values)
-        args = [None if isinstance(v, float) and math.isnan(v) else v for v in values.values()]
-        with self._tx() as c:
-            cur = c.execute(
-                f"UPDATE evaluations SET {', '.join(f'{k} = ?' for k in cols)} WHERE id = ?",
-                (*args, evaluation_id),
-            )
-            if cur.rowcount == 0:
-                raise UnknownNameError(f"no evaluation {evaluation_id} in {self.path}")
-
-    # -- samples -----------------------------------------------------------------------------------
-
-    def add_samples(
-        self,
-        evaluation_id: int,
-        rows: Iterable[Mapping[str, Any] | Sequence[Any]],
-        *,
-        wall_time: float = 0.0,
-    ) -> int:
-        """Insert (or replace) per-sample rows in one transaction.
-
-        Args:
-            evaluation_id: from :meth:`ensure_evaluation`.
-            rows: dicts with the keys of :data:`SAMPLE_COLUMNS`, or sequences in that order.
-            wall_time: seconds spent computing these rows, added to the evaluation's total in
-                the same transaction.
-
-        Returns:
-            The number of rows written.
-        """
-        data = [
-            tuple(r[k] for k in SAMPLE_COLUMNS) if isinstance(r, Mapping) else tuple(r)
             for r in rows
         ]
-        for t in data:
-            if len(t) != len(SAMPLE_COLUMNS):
-                raise ConfigError(
-                    f"a sample row needs {len(SAMPLE_COLUMNS)} values {SAMPLE_COLUMNS}"
-                )
+
+    def wall_time(self, evaluation_id: int) -> float:
+        """Seconds spent computing an evaluation's stored records."""
+        row = self._conn.execute(
+            "SELECT wall_time FROM evaluations WHERE id = ?", (evaluation_id,)
+        ).fetchone()
+        return float(row[0]) if row is not None else 0.0
+
+    # -- records -------------------------------------------------------------------------------
+
+    def add_records(
+        self, evaluation_id: int, records: Iterable[SampleRecord], *, wall_time: float = 0.0
+    ) -> int:
+        """Insert (or replace) per-sample records in one transaction, adding ``wall_time`` (the
+        seconds they took) to the evaluation's total. Returns the number written."""
+        data = [
+            (
+                evaluation_id, r.index, r.label, r.clean_pred, r.adv_pred, int(r.success),
+                float(r.norm), r.queries, r.target,
+                canonical_json(r.extras) if r.extras else None, r.certified, r.shard,
+            )
+            for r in records
+        ]  # fmt: skip
         with self._tx() as c:
             try:
                 c.executemany(
-                    f"INSERT OR REPLACE INTO samples (evaluation_id, {', '.join(SAMPLE_COLUMNS)}) "
-                    f"VALUES (?, {', '.join('?' * len(SAMPLE_COLUMNS))})",
-                    [(evaluation_id, *t) for t in data],
+                    "INSERT OR REPLACE INTO samples (evaluation_id, idx, label, clean_pred, "
+                    "adv_pred, success, norm, queries, target, extras, certified, shard) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    data,
                 )
             except sqlite3.IntegrityError:
                 raise UnknownNameError(f"no evaluation {evaluation_id} in {self.path}") from None
@@ -583,24 +581,81 @@ class RunStore:
                 )
         return len(data)
 
-    def done_indices(self, evaluation_id: int) -> set[int]:
-        """Dataset indices already stored for an evaluation (what a resumed run skips)."""
+    def records(self, evaluation_id: int) -> list[SampleRecord]:
+        """The stored records of an evaluation, ordered by dataset index."""
         rows = self._conn.execute(
-            "SELECT idx FROM samples WHERE evaluation_id = ?", (evaluation_id,)
+            "SELECT * FROM samples WHERE evaluation_id = ? ORDER BY idx", (evaluation_id,)
         ).fetchall()
-        return {int(r[0]) for r in rows}
+        return [
+            SampleRecord(
+                index=r["idx"],
+                label=r["label"],
+                clean_pred=r["clean_pred"],
+                adv_pred=r["adv_pred"],
+                success=bool(r["success"]),
+                norm=float(r["norm"]),
+                queries=r["queries"],
+                target=r["target"],
+                extras={k: from_plain_float(v) for k, v in (_loads(r["extras"]) or {}).items()},
+                certified=r["certified"],
+                shard=r["shard"],
+            )
+            for r in rows
+        ]
 
-    def samples(self, evaluation_id: int) -> list[dict[str, Any]]:
-        """The stored per-sample rows of an evaluation, ordered by dataset index."""
-        rows = self._conn.execute(
-            f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples WHERE evaluation_id = ? ORDER BY idx",
-            (evaluation_id,),
-        ).fetchall()
-        return [{k: r[k] for k in SAMPLE_COLUMNS} for r in rows]
-
-    def count_samples(self, evaluation_id: int) -> int:
-        """How many sample rows an evaluation holds."""
+    def count_records(self, evaluation_id: int) -> int:
+        """How many records an evaluation holds."""
         row = self._conn.execute(
             "SELECT COUNT(*) FROM samples WHERE evaluation_id = ?", (evaluation_id,)
         ).fetchone()
         return int(row[0])
+
+    # -- examples ------------------------------------------------------------------------------
+
+    def add_examples(self, evaluation_id: int, examples: Sequence[Example]) -> None:
+        """Keep adversarial examples (images stored as float32 bytes)."""
+        data = [
+            (
+                evaluation_id, e.index, json.dumps(list(e.x.shape)), _blob(e.x), _blob(e.x_adv),
+                e.label, e.clean_pred, e.adv_pred,
+            )
+            for e in examples
+        ]  # fmt: skip
+        with self._tx() as c:
+            c.executemany("INSERT OR REPLACE INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?)", data)
+
+    def examples(self, evaluation_id: int) -> list[Example]:
+        """The examples kept for an evaluation, ordered by dataset index."""
+        cell = self._conn.execute(
+            "SELECT attack, norm, eps FROM evaluations WHERE id = ?", (evaluation_id,)
+        ).fetchone()
+        rows = self._conn.execute(
+            "SELECT * FROM examples WHERE evaluation_id = ? ORDER BY idx", (evaluation_id,)
+        ).fetchall()
+        out = []
+        for r in rows:
+            shape = tuple(json.loads(r["shape"]))
+            out.append(
+                Example(
+                    index=r["idx"],
+                    attack=cell["attack"],
+                    norm=cell["norm"],
+                    eps=cell["eps"],
+                    x=_tensor(r["x"], shape),
+                    x_adv=_tensor(r["x_adv"], shape),
+                    label=r["label"],
+                    clean_pred=r["clean_pred"],
+                    adv_pred=r["adv_pred"],
+                )
+            )
+        return out
+
+
+def _blob(t: torch.Tensor) -> bytes:
+    return t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+
+
+def _tensor(b: bytes, shape: tuple[int, ...]) -> torch.Tensor:
+    import numpy as np
+
+    return torch.from_numpy(np.frombuffer(b, dtype="<f4").copy()).view(shape)

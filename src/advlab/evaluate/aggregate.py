@@ -1,0 +1,289 @@
+"""Aggregation: every number of an evaluation, computed from stored records.
+
+:func:`aggregate` reads the records of a :class:`~advlab.evaluate.plan.Plan`'s cells from one or
+more sinks (one per shard, or one for the whole run), derives the reported rows and returns an
+:class:`Evaluation`. It never runs a model, so a report can be rebuilt from the store, and shards
+computed apart merge into the numbers one process would have produced.
+
+Definitions (also used by the reports):
+
+* a sample is **robust** to an attack at ``eps`` when the model classifies it correctly both
+  clean and on the attack's output. Samples misclassified clean are never robust; they are not
+  attacked (success, norm 0, no queries).
+* **worst case** (``"worst-case"``): per sample, robust only if robust to every attack; its
+  perturbation is the smallest successful one (:func:`advlab.results.worst_case_records`).
+* **success rate**: among the samples classified correctly clean, the fraction the attack
+  flipped. Mean and median norm are taken over those flipped samples.
+* a minimal-perturbation attack runs once with ``eps = inf``; at each ``eps`` of the grid it
+  succeeds on a sample when its perturbation has norm ``<= eps`` (:func:`advlab.threat.within`).
+  Its rows report the queries and wall time of that single run. At ``eps = 0`` no attack runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from advlab.errors import CheckpointError
+from advlab.evaluate.plan import WORST_CASE, AttackConfig, Plan, Row
+from advlab.evaluate.sinks import ResultSink
+from advlab.evaluate.stats import wilson_interval
+from advlab.results import Example, SampleRecord, Summary, worst_case_records
+from advlab.threat import ThreatModel, within
+
+log = logging.getLogger(__name__)
+
+RowKey = tuple[str, str, float]
+
+
+@dataclass(frozen=True, eq=False)
+class Evaluation:
+    """The outcome of an evaluation.
+
+    Attributes:
+        dataset: the dataset's name.
+        n: samples evaluated (one shard's, or all).
+        num_classes: the dataset's class count.
+        threats: the threat models of the grid, by norm and ascending eps.
+        attacks: the attacks, in the order given.
+        clean_accuracy: fraction of samples classified correctly without attack, with its
+            Wilson 95% interval ``clean_ci``.
+        summaries: one :class:`~advlab.results.Summary` per row: per threat model, each attack
+            that supports its norm and then ``"worst-case"``.
+        records: the per-sample records of every row, by ``(attack, norm, eps)``, and of the
+            clean pass under ``("clean", norm, 0.0)``.
+        examples: adversarial examples of the first samples the worst case flips at
+            ``example_eps`` (for the image grid), kept from the run.
+        config: the evaluation's configuration.
+        provenance: what produced it (:func:`advlab.provenance.capture`).
+        run_id: the run in the store, if it was stored there.
+    """
+
+    dataset: str
+    n: int
+    num_classes: int
+    threats: tuple[ThreatModel, ...]
+    attacks: tuple[AttackConfig, ...]
+    clean_accuracy: float
+    clean_ci: tuple[float, float]
+    summaries: tuple[Summary, ...]
+    records: Mapping[RowKey, list[SampleRecord]]
+    examples: tuple[Example, ...] = ()
+    example_eps: float | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+
+    @property
+    def norms(self) -> list[str]:
+        """The norms of the grid, in order."""
+        return list(dict.fromkeys(t.norm for t in self.threats))
+
+    @property
+    def norm(self) -> str:
+        """The first norm of the grid (the only one for most evaluations)."""
+        return self.threats[0].norm
+
+    def eps_grid(self, norm: str | None = None) -> list[float]:
+        """The radii of one norm (default the first), ascending."""
+        norm = norm or self.norm
+        return [t.eps for t in self.threats if t.norm == norm]
+
+    @property
+    def attack_names(self) -> list[str]:
+        """The attacks' names followed by ``"worst-case"``."""
+        return [a.name for a in self.attacks] + [WORST_CASE]
+
+    def row(self, attack: str, eps: float, norm: str | None = None) -> Summary:
+        """The row of ``attack`` (or ``"worst-case"``) at ``eps`` (in ``norm``, default first)."""
+        norm = norm or self.norm
+        for s in self.summaries:
+            if s.attack == attack and s.eps == float(eps) and s.norm == norm:
+                return s
+        raise KeyError(f"no row for attack {attack!r} at {norm} eps={eps}")
+
+    def curve(self, attack: str = WORST_CASE, norm: str | None = None) -> list[Summary]:
+        """The rows of one attack in one norm, by ascending eps."""
+        norm = norm or self.norm
+        return [s for s in self.summaries if s.attack == attack and s.norm == norm]
+
+    def robust(self, attack: str, eps: float, norm: str | None = None) -> Tensor:
+        """``(n,)`` bool: which samples are robust in a row, by ascending dataset index."""
+        recs = self.records[(attack, norm or self.norm, float(eps))]
+        return torch.tensor([r.robust for r in recs], dtype=torch.bool)
+
+    @property
+    def indices(self) -> list[int]:
+        """The dataset indices evaluated, ascending."""
+        return [r.index for r in self.records[("clean", self.norm, 0.0)]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly form (per-sample records stay in the sink)."""
+        return {
+            "dataset": self.dataset,
+            "n": self.n,
+            "num_classes": self.num_classes,
+            "threats": [t.to_dict() for t in self.threats],
+            "attacks": [a.to_dict() for a in self.attacks],
+            "clean_accuracy": self.clean_accuracy,
+            "clean_ci": list(self.clean_ci),
+            "rows": [s.to_dict() for s in self.summaries],
+            "example_eps": self.example_eps,
+            "examples": [
+                {
+                    "index": e.index,
+                    "attack": e.attack,
+                    "label": e.label,
+                    "clean_pred": e.clean_pred,
+                    "adv_pred": e.adv_pred,
+                }
+                for e in self.examples
+            ],
+            "config": dict(self.config),
+            "provenance": dict(self.provenance),
+            "run_id": self.run_id,
+        }
+
+
+def summarize(row: Row, records: Sequence[SampleRecord], wall_time: float) -> Summary:
+    """The :class:`~advlab.results.Summary` of one row from its records."""
+    n = len(records)
+    robust = sum(r.robust for r in records)
+    lo, hi = wilson_interval(robust, n)
+    n_ok = sum(r.clean_pred == r.label for r in records)
+    flipped = [r.norm for r in records if r.clean_pred == r.label and r.success]
+    norms = torch.tensor(flipped, dtype=torch.float64)
+    return Summary(
+        attack=row.attack, norm=row.threat.norm, eps=row.threat.eps, params=dict(row.params),
+        n=n, robust=robust, robust_accuracy=robust / n if n else math.nan, ci_low=lo,
+        ci_high=hi, success_rate=len(flipped) / n_ok if n_ok else math.nan,
+        mean_norm=float(norms.mean()) if flipped else math.nan,
+        median_norm=float(norms.quantile(0.5)) if flipped else math.nan,
+        queries=sum(r.queries for r in records), wall_time=wall_time,
+    )  # fmt: skip
+
+
+def _at_eps(records: list[SampleRecord], threat: ThreatModel) -> list[SampleRecord]:
+    """A minimal attack's records read at ``threat.eps``: longer perturbations are failures."""
+    ok = within(torch.tensor([r.norm for r in records], dtype=torch.float64), threat.norm,
+                threat.eps).tolist()  # fmt: skip
+    return [
+        r if hit or not r.success else replace(r, success=False, adv_pred=r.clean_pred, norm=0.0)
+        for r, hit in zip(records, ok, strict=True)
+    ]
+
+
+def _collect(plan: Plan, sinks: Sequence[ResultSink], cell: Any) -> list[SampleRecord]:
+    merged: dict[int, SampleRecord] = {}
+    for s in sinks:
+        merged.update(s.stored(cell))
+    want = plan.indices.tolist()
+    missing = [i for i in want if i not in merged]
+    if missing:
+        raise CheckpointError(
+            f"the sinks hold no records of {cell} for {len(missing)} of {len(want)} samples "
+            f"(first: {missing[:5]}); run the missing shards first"
+        )
+    return [merged[i] for i in want]
+
+
+def aggregate(
+    plan: Plan,
+    sinks: ResultSink | Sequence[ResultSink],
+    *,
+    dataset: str,
+    num_classes: int,
+    config: Mapping[str, Any] | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
+) -> Evaluation:
+    """Every row of ``plan`` from the records in ``sinks`` (module docstring).
+
+    Args:
+        plan: the evaluation's plan; with ``config.shard = None`` it covers all samples, so
+            passing every shard's sink merges the shards.
+        sinks: one sink, or several whose records are merged (later sinks win on overlap).
+        dataset, num_classes, config, provenance, run_id: carried into the result.
+
+    Raises:
+        CheckpointError: a sample of the plan has no record in any sink.
+    """
+    if not isinstance(sinks, Sequence):
+        sinks = [sinks]
+    clean = _collect(plan, sinks, plan.clean)
+    records: dict[RowKey, list[SampleRecord]] = {plan.clean.key: clean}
+    summaries: list[Summary] = []
+    by_cell = {cell.key: _collect(plan, sinks, cell) for cell in plan.cells}
+    walls = {cell.key: sum(s.wall_time(cell) for s in sinks) for cell in plan.cells}
+    picks: dict[RowKey, list[int]] = {}
+    for threat in plan.threats:
+        rows = plan.rows_for(threat)
+        attack_rows = [r for r in rows if r.attack != WORST_CASE]
+        for row in rows:
+            if row.attack != WORST_CASE:
+                assert row.source is not None
+                if row.source is plan.clean or row.source.key == plan.clean.key:
+                    recs = [replace(r, queries=0) for r in clean]
+                    wall = 0.0
+                else:
+                    recs = by_cell[row.source.key]
+                    if row.source.eps != threat.eps:
+                        recs = _at_eps(recs, threat)
+                    wall = walls[row.source.key]
+            else:
+                recs, picks[row.key] = worst_case_records([records[r.key] for r in attack_rows])
+                wall = sum(s.wall_time for s in summaries if s.norm == threat.norm
+                           and s.eps == threat.eps and s.attack != WORST_CASE)  # fmt: skip
+            records[row.key] = recs
+            summaries.append(summarize(row, recs, wall))
+    n = len(clean)
+    k = sum(r.clean_pred == r.label for r in clean)
+    ex_threat = plan.example_threat
+    examples: tuple[Example, ...] = ()
+    if ex_threat is not None and plan.config.keep_examples > 0:
+        examples = _examples(plan, sinks, ex_threat, records, picks)
+    return Evaluation(
+        dataset=dataset, n=n, num_classes=num_classes, threats=plan.threats,
+        attacks=plan.attacks, clean_accuracy=k / n if n else math.nan,
+        clean_ci=wilson_interval(k, n), summaries=tuple(summaries), records=records,
+        examples=examples, example_eps=ex_threat.eps if ex_threat is not None else None,
+        config=dict(config or {}), provenance=dict(provenance or {}),
+        run_id=run_id,
+    )  # fmt: skip
+
+
+def _examples(
+    plan: Plan,
+    sinks: Sequence[ResultSink],
+    threat: ThreatModel,
+    records: Mapping[RowKey, list[SampleRecord]],
+    picks: Mapping[RowKey, list[int]],
+) -> tuple[Example, ...]:
+    """The kept examples of the first samples the worst case flips at ``threat``."""
+    key = (WORST_CASE, threat.norm, threat.eps)
+    if key not in records:
+        return ()
+    attack_rows = [r for r in plan.rows_for(threat) if r.attack != WORST_CASE]
+    out: list[Example] = []
+    kept_by: dict[RowKey, dict[int, Example]] = {}
+    for j, r in enumerate(records[key]):
+        if len(out) >= plan.config.keep_examples:
+            break
+        if r.clean_pred != r.label or not r.success:
+            continue
+        source = attack_rows[picks[key][j]].source
+        assert source is not None
+        if source.key not in kept_by:
+            kept_by[source.key] = {e.index: e for s in sinks for e in s.examples(source)}
+        kept = kept_by[source.key]
+        if r.index in kept:
+            out.append(kept[r.index])
+        else:
+            log.warning("no kept example for sample %d of %s", r.index, source)
+    return tuple(out)
