@@ -193,13 +193,23 @@ class Advlab(Adapter):
     name = "advlab"
 
     def __init__(
-        self, model: nn.Module, early_stop: bool = True, jsma_logits: bool = False
+        self,
+        model: nn.Module,
+        early_stop: bool = True,
+        jsma_logits: bool = False,
+        cw_preset: str | None = None,
     ) -> None:
         super().__init__(model)
         self.early_stop = early_stop
         self.jsma_logits = jsma_logits
+        self.cw_preset = cw_preset
 
     def cw(self, x: Tensor, y: Tensor, *, lr: float, c: float, a: argparse.Namespace) -> Tensor:
+        if self.cw_preset is not None:  # what a user gets from cw_l2(model, x, y, threat)
+            preset = get_attack("cw-l2")(
+                self.model, x, y, ThreatModel("l2", math.inf), preset=self.cw_preset
+            )
+            return preset.x_adv
         res = get_attack("cw-l2")(
             self.model, x, y, ThreatModel("l2", math.inf),
             confidence=0.0, c_init=c, binary_search_steps=a.cw_bs_steps, steps=a.cw_steps, lr=lr,
@@ -449,6 +459,10 @@ def run_section(
     runs: list[tuple[str, Adapter]] = list(adapters.items())
     if sec.startswith("pgd") and "advlab" in adapters:
         runs.insert(1, ("advlab[no-es]", Advlab(model, early_stop=False)))
+    if sec == "cw" and "advlab" in adapters and a.cw_presets:
+        # cw_l2's own budgets, untuned: what cw_l2(model, x, y, threat) gives a user
+        for i, p in enumerate(a.cw_presets.split(",")):
+            runs.insert(1 + i, (f"advlab[{p}]", Advlab(model, cw_preset=p)))
     if sec == "jsma":
         # advlab's default is JSMA-F (softmax); the libraries differentiate the model's output,
         # so each also runs on the model with a softmax appended (its JSMA-F).
@@ -470,7 +484,9 @@ def run_section(
             norm, eps = PGD.get(sec, (None, None, None))[:2]
             key, tgt, cap = "l2", None, None
             lr, c = math.nan, math.nan
-            if sec == "cw":
+            if sec == "cw" and isinstance(ad, Advlab) and ad.cw_preset is not None:
+                settings = {"preset": ad.cw_preset}
+            elif sec == "cw":
                 lr, c, trials = tune_cw(ad, model, tune[0][:lim], tune[1][:lim], a)
                 settings = {"lr": lr, "c": c, "tuning": trials}
                 kind = "fixed" if label == "torchattacks" else "initial"
@@ -612,7 +628,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         value = r["robust_accuracy"] if pgd else r["success_rate"]
         notes = _notes(r)
         st = r.get("settings", {})
-        if r["attack"] == "cw":
+        if r["attack"] == "cw" and "preset" in st:
+            notes.append(f"preset={st['preset']}")
+        elif r["attack"] == "cw":
             notes.append(f"lr={st['lr']:g} c={st['c']:g}")
         if "time_ratio_fast" in r:
             notes.append(
@@ -684,6 +702,8 @@ def main() -> None:
         "first N images only; default art:cw=50 (ART's C&W costs ~25 passes per step)",
     )
     ap.add_argument("--cw-bs-steps", type=int, default=5)
+    ap.add_argument("--cw-presets", default="default,paper",
+                    help="cw_l2 presets also run untuned as advlab[PRESET] rows ('': none)")  # fmt: skip
     ap.add_argument("--cw-steps", type=int, default=100)
     ap.add_argument("--df-steps", type=int, default=50)
     ap.add_argument("--overshoot", type=float, default=0.02)

@@ -43,11 +43,11 @@ import torch
 from torch import Tensor, nn
 
 from advlab import ThreatModel
-from advlab.rng import SampleRNG
 from advlab.attacks import pgd
 from advlab.data import load_dataset
 from advlab.fileio import atomic_write_json
 from advlab.models import load_model
+from advlab.rng import SampleRNG
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

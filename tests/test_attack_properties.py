@@ -183,3 +183,32 @@ def test_pgd_bad_parameters(setup) -> None:
         get_attack("pgd")(model, x, y, tm, step_size=-1.0)
     with pytest.raises(ConfigError, match="loss"):
         get_attack("pgd")(model, x, y, tm, loss="hinge")
+
+
+@pytest.mark.parametrize(("name", "norm"), [(n, m) for n, m in cases() if get_attack(n).minimal])
+def test_minimal_attacks_succeed_decisively_in_any_batch(name: str, norm: str) -> None:
+    """A minimal attack's answer sits next to the decision boundary; its success must not depend
+    on float round-off: the same answer one by one, in the batch, and shuffled among others."""
+    from advlab.attacks.base import margin
+
+    model = make_cnn(seed=4)
+    g = torch.Generator().manual_seed(9)
+    x = torch.rand(12, 1, 28, 28, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    res = run(name, model, x, y, ThreatModel(norm, math.inf))
+    assert res.success.any()
+    with torch.no_grad():
+        batch = model(res.x_adv)
+        alone = torch.cat([model(res.x_adv[i : i + 1]) for i in range(len(x))])
+        perm = torch.randperm(len(x), generator=g)
+        mixed = torch.cat([res.x_adv, x])[torch.cat([perm, perm + len(x)])]
+        shuffled = model(mixed)[: len(x)][perm.argsort()]
+    for logits in (batch, alone, shuffled):
+        assert torch.equal(logits.argmax(1) != y, res.success)
+    # the documented rule: a margin of at least 1e-3 of the two logits compared (or of 1)
+    own = alone.gather(1, y[:, None]).squeeze(1).abs()
+    other = alone.scatter(1, y[:, None], float("-inf")).amax(1).abs()
+    scale = torch.maximum(torch.maximum(own, other), torch.ones_like(own))
+    m = margin(alone, y)[res.success]
+    assert (m >= 0.5e-3 * scale[res.success]).all(), m

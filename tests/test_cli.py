@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -125,3 +130,220 @@ def test_npz_audit(runner: CliRunner, digits_model: Path, tmp_path: Path) -> Non
     assert ev["clean_accuracy"] == pytest.approx(
         float((pred == torch.from_numpy(y)).float().mean())
     )
+
+
+def _audit_args(model: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return ["audit", "--model", str(model), "--data", "digits", "-n", "30", "--eps", "0,0.1",
+            "--steps", "2", "--out", str(tmp_path / "o"), "--store", str(tmp_path / "s.sqlite"),
+            *extra]  # fmt: skip
+
+
+def test_output_paths_are_checked_before_any_work(
+    runner: CliRunner, digits_model: Path, tmp_path: Path
+) -> None:
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    for bad, fragment in ((str(afile), "is a file"), ("/proc/nope", "cannot write reports")):
+        args = _audit_args(digits_model, tmp_path)
+        args[args.index("--out") + 1] = bad
+        res = runner.invoke(cli, args)
+        one_line_error(res, fragment, "--out")
+        assert res.output.startswith("error:")  # no blank line before it
+    from advlab.store import RunStore
+
+    with RunStore(tmp_path / "s.sqlite") as store:
+        assert store.list_runs() == []  # refused at the door: no run was started
+
+
+def test_a_late_failure_marks_the_run_failed_with_the_reason(
+    runner: CliRunner, digits_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import advlab.audit
+
+    def broken(*a: object, **k: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(advlab.audit, "write_html_report", broken)
+    res = runner.invoke(cli, _audit_args(digits_model, tmp_path))
+    assert res.exit_code != 0
+    from advlab.store import RunStore
+
+    with RunStore(tmp_path / "s.sqlite") as store:
+        (run,) = store.list_runs()
+        assert run.status == "failed" and "No space left on device" in (run.error or "")
+    listed = runner.invoke(cli, ["runs", "list", "--store", str(tmp_path / "s.sqlite")])
+    assert "failed" in listed.output and "No space left" in listed.output
+
+
+def test_audit_takes_minimal_attacks_and_prints_one_source(
+    runner: CliRunner, digits_model: Path, tmp_path: Path
+) -> None:
+    args = _audit_args(digits_model, tmp_path, "--attacks", "pgd,deepfool,cw-l2", "--norm", "l2")
+    args[args.index("--eps") + 1] = "0,0.5"
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    (report,) = (tmp_path / "o").glob("*/report.json")
+    rows = json.loads(report.read_text())["evaluation"]["rows"]
+    assert {r["attack"] for r in rows} == {"pgd", "deepfool", "cw-l2", "worst-case"}
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("model:"))
+    assert line == f"model: {digits_model}"  # the path once, not "X (X)"
+
+
+def test_audit_help_lists_norms_attacks_and_formats(runner: CliRunner) -> None:
+    text = " ".join(runner.invoke(cli, ["audit", "--help"]).output.split())
+    for word in ("linf, l2, l1, l0", "cw-l2", "deepfool", "pgd", ".safetensors", "TorchScript",
+                 "--factory", "x_train", ".npz"):  # fmt: skip
+        assert word in text, word
+
+
+def test_the_table_fits_80_columns(digits_model: Path, tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from advlab import ThreatModel
+    from advlab.cli.main import summary_table
+    from advlab.data import load_dataset
+    from advlab.evaluate import EvalConfig, evaluate
+    from advlab.models import load_model
+
+    model, _ = load_model(digits_model)
+    test = load_dataset("digits").test.take(20)
+    ev = evaluate(model, test, ["fgsm", "pgd"], [ThreatModel("linf", e) for e in (0.0, 0.125)],
+                  EvalConfig())  # fmt: skip
+    console = Console(width=80, record=True, color_system=None)
+    console.print(summary_table(ev))
+    text = console.export_text()
+    assert "…" not in text and max(len(ln) for ln in text.splitlines()) <= 80
+    for col in ("attack", "eps", "robust", "95% CI", "success", "median", "time"):
+        assert col in text
+
+
+def test_errors_escape_user_values(runner: CliRunner, digits_model: Path, tmp_path: Path) -> None:
+    res = runner.invoke(cli, _audit_args(digits_model, tmp_path, "--attacks", "[bold]pgd[/bold]"))
+    one_line_error(res, "[bold]pgd[/bold]")
+
+
+def test_pipe_output_prints_plain_progress_lines(digits_model: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "ADVLAB_HOME": str(tmp_path / "h")}
+    out = subprocess.run([sys.executable, "-m", "advlab.cli.main", *_audit_args(digits_model, tmp_path)],
+                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.splitlines()
+    assert any(ln.startswith("pgd linf eps=0.1: 30/30") for ln in lines), lines
+    assert any(ln.startswith("clean: 30/30") for ln in lines)
+    assert "\x1b[" not in out.stderr  # no terminal control codes in a log
+
+
+def _wait_for_run(store_path: Path, status: str = "running", timeout: float = 120.0) -> str:
+    from advlab.store import RunStore
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if store_path.exists():
+            with RunStore(store_path) as store:
+                runs = store.list_runs(status=status)
+                if runs:
+                    return runs[0].id
+        time.sleep(0.2)
+    raise AssertionError(f"no {status} run appeared in {store_path}")
+
+
+@pytest.fixture(scope="module")
+def trained_digits_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLP that classifies digits well, so that PGD has work to do on most samples."""
+    from advlab.defenses import TrainConfig, train_and_save
+
+    dest = tmp_path_factory.mktemp("trained") / "mlp-digits.safetensors"
+    train_and_save("mlp", "digits", TrainConfig(epochs=6, batch_size=32, lr=3e-3), dest)
+    return dest
+
+
+def _slow_audit(model: Path, tmp_path: Path, store: Path) -> list[str]:
+    # tiny radii: PGD fails on every sample and runs all its steps, so the audit lasts a while
+    return [sys.executable, "-m", "advlab.cli.main", "audit", "--model", str(model), "--data",
+            "digits", "-n", "360", "--eps", "0,0.002,0.004", "--steps", "1500", "--batch-size",
+            "30", "--attacks", "pgd", "--out", str(tmp_path / "o"), "--store", str(store)]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_identical_audits_at_once_share_one_run(
+    trained_digits_model: Path, tmp_path: Path
+) -> None:
+    """The second process waits for the live run and reuses it; nothing is computed twice."""
+    store = tmp_path / "s.sqlite"
+    env = {**os.environ, "ADVLAB_HOME": str(tmp_path / "h"), "OMP_NUM_THREADS": "1"}
+    cmd = _slow_audit(trained_digits_model, tmp_path, store)
+    first = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    rid = _wait_for_run(store)
+    second = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    out1, err1 = first.communicate(timeout=600)
+    out2, err2 = second.communicate(timeout=600)
+    assert first.returncode == 0 and second.returncode == 0, (err1[-2000:], err2[-2000:])
+    assert "resuming" not in err2 and "waiting" in err2 and rid in err2
+    assert "completed by another process" in out2
+    from advlab.store import RunStore
+
+    with RunStore(store) as s:
+        (run,) = s.list_runs()
+        assert run.id == rid and run.status == "complete"
+    assert [p.name for p in (tmp_path / "o").iterdir()] == [rid]
+    table = [ln for ln in out1.splitlines() if "│" in ln]
+    assert table and table == [ln for ln in out2.splitlines() if "│" in ln][: len(table)]
+
+
+@pytest.mark.slow
+def test_a_killed_audit_is_resumed_only_once_its_owner_is_gone(
+    trained_digits_model: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "s.sqlite"
+    env = {**os.environ, "ADVLAB_HOME": str(tmp_path / "h"), "OMP_NUM_THREADS": "1"}
+    cmd = _slow_audit(trained_digits_model, tmp_path, store)
+    victim = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
+    rid = _wait_for_run(store)
+    from advlab.store import RunStore
+
+    t0 = time.time()  # wait until some records are stored, then kill without warning
+    while time.time() - t0 < 120:
+        with RunStore(store) as s:
+            eid = s.find_cell(rid, "pgd", "linf", 0.002)
+            if eid is not None and s.count_records(eid) >= 60:
+                break
+        time.sleep(0.2)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    with RunStore(store) as s:
+        assert s.get_run(rid).status == "running"  # what a crash leaves behind
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming interrupted run {rid}" in again.stderr
+    # the resumed run's numbers equal an uninterrupted run's
+    ref = subprocess.run(_slow_audit(trained_digits_model, tmp_path / "ref", tmp_path / "ref.sqlite"),
+                         capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    assert ref.returncode == 0
+    rows = lambda out: [ln.split("│")[1:6] for ln in out.splitlines() if "│" in ln]  # noqa: E731
+    assert rows(again.stdout) == rows(ref.stdout)
+
+
+def test_train_builds_the_model_the_audit_caches(runner: CliRunner, tmp_path: Path) -> None:
+    """One train-and-save path with one set of defaults: `advlab train` and the audit's
+    default model are the same network, with the full training config in the metadata."""
+    from safetensors.torch import load_file
+
+    from advlab.audit import AuditConfig, prepare_model
+    from advlab.defenses import TrainConfig
+
+    dest = tmp_path / "trained.safetensors"
+    res = runner.invoke(cli, ["train", "--model", "mlp", "--data", "digits", "--epochs", "1",
+                              "--out", str(dest)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    _, info = prepare_model(AuditConfig(model="mlp", data="digits", training={"epochs": 1}), None)
+    a, b = load_file(str(dest)), load_file(info["source"])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _, meta = load_model(dest)
+    assert meta["recipe"] == {**TrainConfig().to_dict(), "epochs": 1}
+    assert meta["recipe"]["scheduler"] == "cosine"  # the audit's schedule, not "none"

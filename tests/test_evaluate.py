@@ -338,6 +338,8 @@ def test_jsonl_sink_ignores_a_torn_last_line(toy: Toy, tmp_path: Path) -> None:
     path.write_text(text + '{"cell": {"attack": "pgd", "no')  # a crash mid-write
     ev = _run(toy, sink=JsonlSink(path))
     assert ev.row("pgd", 0.05).n == N
+    again = _run(toy, sink=JsonlSink(path))  # the torn line was cut, not built upon
+    assert again.records == ev.records
     path.write_text("not json\n" + text)
     with pytest.raises(CheckpointError, match="line 1"):
         JsonlSink(path)
@@ -474,3 +476,47 @@ def test_a_sink_from_another_model_is_refused(toy: Toy, tmp_path: Path) -> None:
 def test_model_with_the_wrong_class_count_is_refused(toy: Toy) -> None:
     with pytest.raises(ModelOutputError, match="classes"):
         _run(toy, make_cnn(classes=12), attacks=["fgsm"])
+
+
+def test_shards_can_share_one_sink(toy: Toy, tmp_path: Path) -> None:
+    model = RowwiseMLP(1)
+    attacks = [AttackConfig("pgd", {"steps": 3})]
+    whole = evaluate(model, toy, attacks, GRID, EvalConfig(batch_size=5, seed=2))
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        rid = store.create_run("evaluate", {})
+        shared: list[ResultSink] = [MemorySink(), StoreSink(store, rid)]
+        for sink in shared:
+            for k in range(3):
+                evaluate(model, toy, attacks, GRID, EvalConfig(batch_size=5, seed=2, shard=(k, 3)),
+                         sink=sink)  # fmt: skip
+            plan = make_plan(attacks, GRID, EvalConfig(batch_size=5, seed=2), N)
+            merged = aggregate(plan, sink, dataset="toy", num_classes=10)
+            assert _numbers(merged) == _numbers(whole)
+
+
+def test_a_resume_with_another_batch_size_computes_only_what_is_missing(toy: Toy) -> None:
+    sink = MemorySink()
+    attacks = [AttackConfig("pgd", {"steps": 3})]
+
+    class Stop(Exception):
+        pass
+
+    def stop(event: dict[str, Any]) -> None:
+        if event["stage"] == "attack" and event["batch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        evaluate(RowwiseMLP(2), toy, attacks, GRID, EvalConfig(batch_size=7), sink=sink, progress=stop)  # fmt: skip
+    cell = make_plan(attacks, GRID, EvalConfig(), N).cells[0]
+    first = dict(sink.stored(cell))
+    wall = sink.wall_time(cell)
+    assert len(first) == 14
+    counting = Counting(RowwiseMLP(2))
+    resumed = evaluate(counting, toy, attacks, GRID, EvalConfig(batch_size=10), sink=sink)
+    assert all(sink.stored(cell)[i] == r for i, r in first.items())  # stored records kept
+    assert sink.wall_time(cell) > wall  # only the new samples' time was added
+    reference = evaluate(RowwiseMLP(2), toy, attacks, GRID, EvalConfig(batch_size=24))
+    assert resumed.records == reference.records
+    pgd_queries = sum(r.queries for r in resumed.records[("pgd", "linf", 0.02)] if r.index >= 14)
+    pgd_queries += sum(r.queries for r in resumed.records[("pgd", "linf", 0.05)])
+    assert counting.samples == N + pgd_queries  # the clean pass plus the missing samples only

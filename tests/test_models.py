@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from pathlib import Path
 
@@ -364,3 +365,27 @@ def test_mismatched_architecture_names_the_keys(saved: Path) -> None:
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=r"unexpected keys: 6\.bias, 6\.weight"):
         load_model(saved)
+
+
+def test_a_model_of_your_own_saves_without_arch_and_says_what_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path of docs/audit-your-model.md: save_model(model, stem) with no arch; a factory in
+    the current folder is found without PYTHONPATH; a missing factory is named precisely."""
+    (tmp_path / "mymodels_advlab_cwd.py").write_text(USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    model = resolve_factory("mymodels_advlab_cwd:make")().eval()  # found in the current folder
+    assert str(tmp_path) not in sys.path  # the lookup left sys.path as it was
+    path = save_model(model, "my_model")
+    assert path == Path("my_model.safetensors")
+    with pytest.raises(CheckpointError, match=r'"arch": null.*--factory'):
+        load_model(path)
+    (tmp_path / "my_model.json").unlink()
+    with pytest.raises(CheckpointError, match=r"no my_model\.json beside it"):
+        load_model(path)
+    loaded, _ = load_model(path, factory="mymodels_advlab_cwd:make")
+    x = torch.rand(2, 1, 4, 4)
+    assert torch.equal(loaded(x), model(x))
+    with pytest.raises(ConfigError, match="run from the folder that holds it"):
+        resolve_factory("no_such_module_advlab:make")

@@ -95,10 +95,15 @@ def test_per_sample_budget_is_never_exceeded(name: str, norm: str, per_sample: i
     with torch.no_grad():
         assert torch.equal(res.pred, model(res.x_adv).argmax(dim=1))
     full = get_attack(name)(model, x, y, threat, **params(name))
-    if int(full.queries.max()) > per_sample:
-        assert res.stopped is not None and "per-sample query budget" in res.stopped
-    else:
-        assert res.stopped is None
+    flagged = res.exhausted if res.exhausted is not None else torch.zeros_like(res.success)
+    # a sample that needed more than its budget and did not succeed is flagged, with the reason
+    assert not bool(((full.queries > per_sample) & ~res.success & ~flagged).any())
+    assert not bool((flagged & res.success).any())  # a success is never "cut short"
+    assert (res.stopped is not None) == bool(flagged.any())
+    if res.stopped is not None:
+        assert "query budget" in res.stopped
+        recs = res.records(list(range(len(res))), y.tolist())
+        assert [r.stopped is not None for r in recs] == flagged.tolist()
 
 
 @pytest.mark.parametrize(("name", "norm"), cases())
@@ -297,3 +302,40 @@ def test_oracle_is_an_abstract_door() -> None:
     t = TopK(torch.tensor([[1, 0]]))
     assert t.values is None
     assert np.array_equal(t.indices.numpy(), [[1, 0]])
+
+
+def test_a_probability_oracle_is_attacked_through_log_probabilities(setup) -> None:
+    model, x, y = setup
+    probs = nn.Sequential(model, nn.Softmax(dim=1))
+    threat = ThreatModel("linf", 0.1)
+    a = get_attack("pgd")(ModuleOracle(probs, output="probabilities"), x, y, threat, steps=5)
+    b = get_attack("pgd")(model, x, y, threat, steps=5)
+    assert torch.equal(a.success, b.success)
+    torch.testing.assert_close(a.x_adv, b.x_adv, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_channels_last_inputs(name: str) -> None:
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)
+    ).eval()
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    spec = get_attack(name)
+    res = spec(model, x, y, threat_for(name, spec.norms[0]), **params(name))
+    assert (
+        res.x_adv.shape == x.shape and threat_for(name, spec.norms[0]).contains(res.x_adv, x).all()
+    )
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_half_precision_random_starts_are_finite(norm: str) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).to(torch.bfloat16)
+    x = torch.rand(16, 1, 28, 28).to(torch.bfloat16)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    eps = {"linf": 0.1, "l2": 1.0, "l1": 5.0}[norm]
+    res = get_attack("pgd")(model, x, y, ThreatModel(norm, eps), steps=2)
+    assert torch.isfinite(res.x_adv).all()

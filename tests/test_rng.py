@@ -68,7 +68,10 @@ def test_as_sample_rng_and_errors() -> None:
     r = as_sample_rng(4, 3, torch.device("cpu"))
     assert r.keys.tolist() == [0, 1, 2] and r.seed == 4
     same = SampleRNG(1, 3)
-    assert as_sample_rng(same, 3, torch.device("cpu")) is same
+    first = as_sample_rng(same, 3, torch.device("cpu")).uniform((4,))
+    # a SampleRNG passed as a seed is copied: passing it again gives the same numbers
+    assert torch.equal(as_sample_rng(same, 3, torch.device("cpu")).uniform((4,)), first)
+    assert torch.equal(same.uniform((4,)), first)  # and the caller's object was not advanced
     with pytest.raises(ConfigError, match="3 streams for a batch of 4"):
         as_sample_rng(same, 4, torch.device("cpu"))
     with pytest.raises(ConfigError, match="SampleRNG"):

@@ -276,3 +276,19 @@ def test_heartbeat_keeps_the_lease_fresh(store: RunStore, monkeypatch: pytest.Mo
         time.sleep(0.4)
     after = store.get_run(got.run_id).heartbeat
     assert after is not None and after > before
+
+
+def test_a_lost_lease_stops_the_old_owner(store: RunStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lease_mod, "HEARTBEAT_SECONDS", 0.05)
+    interrupted: list[bool] = []
+    monkeypatch.setattr(lease_mod._thread, "interrupt_main", lambda: interrupted.append(True))
+    got = claim(store, "audit", {"l": 1}, {})
+    with Heartbeat(store.path, got.run_id) as beat:
+        # another process took the run over (this one looked dead to it)
+        store._conn.execute("UPDATE runs SET owner = 'elsewhere:1:x' WHERE id = ?", (got.run_id,))
+        store._conn.commit()
+        time.sleep(0.4)
+    assert beat.lost and interrupted
+    # and the old owner cannot mark the new owner's run finished
+    assert not store.finish_run(got.run_id, "failed", owner=lease_mod.owner_id())
+    assert store.get_run(got.run_id).status == "running"

@@ -39,7 +39,7 @@ from advlab.provenance import capture
 from advlab.registry import MODELS
 from advlab.report import write_html_report, write_json_report
 from advlab.store import RunStore, StoreSink
-from advlab.store.lease import STALE_SECONDS, Heartbeat, claim
+from advlab.store.lease import STALE_SECONDS, Heartbeat, claim, owner_id
 from advlab.threat import ThreatModel
 
 log = logging.getLogger(__name__)
@@ -240,6 +240,7 @@ def run_audit(
     if got.action == "resume":
         _emit(progress, stage="resume", message=f"resuming interrupted run {run_id}")
         provenance = store.get_run(run_id).provenance
+    me = owner_id()
     try:
         with Heartbeat(store.path, run_id):
             ev = evaluate(
@@ -249,12 +250,12 @@ def run_audit(
             )  # fmt: skip
             html, js = _reports(cfg, run_id, ev, model_info, test, splits.meta, out_dir, t0)
     except KeyboardInterrupt:
-        store.finish_run(run_id, "interrupted")
+        store.finish_run(run_id, "interrupted", owner=me)
         raise
     except BaseException as e:
-        store.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}"[:2000])
+        store.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}"[:2000], owner=me)
         raise
-    store.finish_run(run_id, "complete", {**run_summary(ev), "report": str(html)})
+    store.finish_run(run_id, "complete", {**run_summary(ev), "report": str(html)}, owner=me)
     return AuditOutcome(run_id, ev, model_info, html, js)
 
 

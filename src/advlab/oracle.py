@@ -256,11 +256,10 @@ class Oracle:
                 + f"); the next batch of {n} was not sent"
             )
         out = self._probe(x, grad) if not self._probed else self._call(x, grad)
-        out = self._validate(out, n, x.device)
         if reserved:
             self._reserved -= n
-        self.used += n
-        return self._reduce(out, level, k)
+        self.used += n  # the images were sent, whatever came back
+        return self._reduce(self._validate(out, n, x.device), level, k)
 
     def scores(self, x: Tensor, *, grad: bool = False) -> Tensor:
         """``(B, C)`` scores (logits or probabilities: see :attr:`output`)."""
@@ -432,6 +431,7 @@ class CallableOracle(Oracle):
             ``"topk"`` -> ``(B, k)`` class indices, or a pair ``(indices, values)``, or a
             :class:`TopK`; ``"labels"`` -> ``(B,)`` integer classes.
         returns: what ``fn`` returns (and so the most the oracle reveals).
+        access: reveal less than ``returns`` (e.g. only labels of a scores function).
         output: ``"logits"`` or ``"probabilities"``, for ``returns="scores"``.
         numpy: pass ``fn`` a float32 NumPy array instead of a tensor.
         budget: query limits.
@@ -443,6 +443,7 @@ class CallableOracle(Oracle):
         fn: Callable[[Any], Any],
         *,
         returns: Access | str = Access.SCORES,
+        access: Access | str | None = None,
         output: str = "logits",
         numpy: bool = False,
         budget: QueryBudget | None = None,
@@ -456,7 +457,7 @@ class CallableOracle(Oracle):
                 "a plain callable gives no gradients; wrap a torch module in ModuleOracle"
             )
         self.native = self.ceiling = level
-        super().__init__(output=output, budget=budget, num_classes=num_classes)
+        super().__init__(access=access, output=output, budget=budget, num_classes=num_classes)
         self.fn = fn
         self.numpy = numpy
 
@@ -493,11 +494,17 @@ class SklearnOracle(Oracle):
         estimator: a fitted classifier.
         scores: use ``predict_proba`` (True), ``predict`` (False), or ``predict_proba`` where
             the estimator has it (``None``).
+        access: reveal less (``"labels"`` or ``"topk"``).
         budget: query limits.
     """
 
     def __init__(
-        self, estimator: Any, *, scores: bool | None = None, budget: QueryBudget | None = None
+        self,
+        estimator: Any,
+        *,
+        scores: bool | None = None,
+        access: Access | str | None = None,
+        budget: QueryBudget | None = None,
     ) -> None:
         has_proba = hasattr(estimator, "predict_proba")
         if scores and not has_proba:
@@ -517,7 +524,9 @@ class SklearnOracle(Oracle):
                 "0 .. C-1: fit it on integer labels"
             )
         self.native = self.ceiling = Access.SCORES if use_proba else Access.LABELS
-        super().__init__(output="probabilities", budget=budget, num_classes=len(classes))
+        super().__init__(
+            access=access, output="probabilities", budget=budget, num_classes=len(classes)
+        )
         self.estimator = estimator
 
     def _call(self, x: Tensor, grad: bool) -> Tensor:
@@ -534,7 +543,9 @@ class OnnxOracle(Oracle):
         model: a path to a ``.onnx`` file, or an ``onnxruntime.InferenceSession``.
         output: ``"logits"`` or ``"probabilities"``, what the model's output is.
         input_name, output_name: the graph's input and output to use (default: the first).
+        access: reveal less (``"labels"`` or ``"topk"``).
         budget: query limits.
+        num_classes: the class count, if known before the first query.
     """
 
     def __init__(
@@ -544,9 +555,11 @@ class OnnxOracle(Oracle):
         output: str = "logits",
         input_name: str | None = None,
         output_name: str | None = None,
+        access: Access | str | None = None,
         budget: QueryBudget | None = None,
+        num_classes: int | None = None,
     ) -> None:
-        super().__init__(output=output, budget=budget)
+        super().__init__(access=access, output=output, budget=budget, num_classes=num_classes)
         if isinstance(model, str | os.PathLike):
             try:
                 import onnxruntime

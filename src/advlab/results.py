@@ -42,8 +42,10 @@ class AttackResult:
         label: ``(B,)`` the true labels.
         target: ``(B,)`` target classes for a targeted attack, else ``None``.
         extras: attack-specific per-sample tensors (e.g. ``"features_changed"`` for JSMA).
-        stopped: why the attack stopped before its algorithm finished (a query budget), or
-            ``None``; the outputs are then the best it had found.
+        stopped: why a query budget cut the search short for some samples (``exhausted``),
+            or ``None``; their outputs are the best the attack had found.
+        exhausted: ``(B,)`` bool, the samples whose search a budget ended before they
+            succeeded (``None``: none).
     """
 
     attack: str
@@ -58,6 +60,7 @@ class AttackResult:
     target: Tensor | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
     stopped: str | None = None
+    exhausted: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.success.shape[0])
@@ -94,6 +97,7 @@ class AttackResult:
             label=self.label.to(device),
             target=t,
             extras={k: v.to(device) for k, v in self.extras.items()},
+            exhausted=self.exhausted.to(device) if self.exhausted is not None else None,
         )
 
     def records(
@@ -105,6 +109,7 @@ class AttackResult:
         label, adv, success = self.label.tolist(), self.pred.tolist(), self.success.tolist()
         norm, queries = self.norms.double().tolist(), self.queries.tolist()
         target = self.target.tolist() if self.target is not None else [None] * len(self)
+        cut = self.exhausted.tolist() if self.exhausted is not None else [False] * len(self)
         extras = {k: v.double().tolist() for k, v in self.extras.items()}
         return [
             SampleRecord(
@@ -117,6 +122,7 @@ class AttackResult:
                 queries=int(queries[i]),
                 target=target[i],
                 extras={k: v[i] for k, v in extras.items()},
+                stopped=self.stopped if cut[i] else None,
                 shard=shard,
             )
             for i in range(len(self))
@@ -133,6 +139,7 @@ def concat(results: Sequence[AttackResult]) -> AttackResult:
             raise ValueError("concat needs results of one attack under one threat model")
     target = torch.cat([r.target for r in results]) if first.target is not None else None  # type: ignore[misc]
     stopped = next((r.stopped for r in results if r.stopped), None)
+    cut = [r.exhausted if r.exhausted is not None else torch.zeros_like(r.success) for r in results]
     return replace(
         first,
         x_adv=torch.cat([r.x_adv for r in results]),
@@ -144,6 +151,7 @@ def concat(results: Sequence[AttackResult]) -> AttackResult:
         target=target,
         extras={k: torch.cat([r.extras[k] for r in results]) for k in first.extras},
         stopped=stopped,
+        exhausted=torch.cat(cut) if any(r.exhausted is not None for r in results) else None,
     )
 
 
@@ -203,7 +211,17 @@ def worst_case(results: Sequence[AttackResult]) -> AttackResult:
         label=first.label,
         target=first.target,
         stopped=next((r.stopped for r in results if r.stopped), None),
+        exhausted=_any_cut(results, pick),
     )
+
+
+def _any_cut(results: Sequence[AttackResult], pick: Tensor) -> Tensor | None:
+    """Worst-case samples that no attack broke and that some budget cut short."""
+    cuts = [r.exhausted for r in results if r.exhausted is not None]
+    if not cuts:
+        return None
+    broken = torch.stack([r.success for r in results]).any(dim=0)
+    return torch.stack(cuts).any(dim=0) & ~broken
 
 
 @dataclass(frozen=True)
@@ -220,6 +238,8 @@ class SampleRecord:
         queries: images the attack sent to the model for this sample.
         target: the target class of a targeted attack, else ``None``.
         extras: attack-specific numbers (e.g. ``features_changed``).
+        stopped: why a query budget ended the attack on this sample before it succeeded,
+            else ``None``.
         certified: a certified lower bound on the sample's robust radius, where computed.
         shard: the shard that computed the record, in a sharded evaluation.
     """
@@ -233,6 +253,7 @@ class SampleRecord:
     queries: int
     target: int | None = None
     extras: Mapping[str, float] = field(default_factory=dict)
+    stopped: str | None = None
     certified: float | None = None
     shard: int | None = None
 
@@ -246,7 +267,7 @@ class SampleRecord:
             "index": self.index, "label": self.label, "clean_pred": self.clean_pred,
             "adv_pred": self.adv_pred, "success": self.success, "norm": self.norm,
             "queries": self.queries, "target": self.target, "extras": dict(self.extras),
-            "certified": self.certified, "shard": self.shard,
+            "stopped": self.stopped, "certified": self.certified, "shard": self.shard,
         }  # fmt: skip
 
 
@@ -276,8 +297,10 @@ def worst_case_records(
     pick = worst_pick(success, norms).tolist()
     out = []
     for i, a in enumerate(pick):
+        r = per_attack[a][i]
         total = sum(recs[i].queries for recs in per_attack)
-        out.append(replace(per_attack[a][i], queries=total, target=None, extras={}))
+        cut = None if r.success else next((s[i].stopped for s in per_attack if s[i].stopped), None)
+        out.append(replace(r, queries=total, target=None, extras={}, stopped=cut))
     return out, pick
 
 
@@ -301,6 +324,9 @@ class Cell:
     @property
     def key(self) -> tuple[str, str, float]:
         return (self.attack, self.norm, float(self.eps))
+
+    def __hash__(self) -> int:
+        return hash((self.key, repr(sorted(self.params.items()))))
 
     def __str__(self) -> str:
         return f"{self.attack} {self.norm} eps={self.eps:g}"
@@ -343,6 +369,7 @@ class Summary:
         mean_norm, median_norm: over the flipped samples (NaN if none).
         queries: images sent to the model, over all samples.
         wall_time: seconds spent computing the row's records.
+        stopped: samples whose attack a query budget ended before it succeeded.
     """
 
     attack: str
@@ -359,6 +386,7 @@ class Summary:
     median_norm: float
     queries: int
     wall_time: float
+    stopped: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -113,14 +113,13 @@ class SampleRNG:
     def device(self) -> torch.device:
         return self.keys.device
 
-    def to(self, device: torch.device | str) -> SampleRNG:
-        """The same streams, at the same positions, kept on ``device``."""
-        dev = torch.device(device)
-        if dev == self.device:
-            return self
+    def copy(self, device: torch.device | str | None = None) -> SampleRNG:
+        """An independent copy of the streams at their current positions (on ``device``)."""
+        dev = torch.device(device) if device is not None else self.device
         out = SampleRNG.__new__(SampleRNG)
         out.seed = self.seed
-        out.keys, out._state, out._pos = (t.to(dev) for t in (self.keys, self._state, self._pos))
+        out.keys, out._state = self.keys.to(dev), self._state.to(dev)
+        out._pos = self._pos.to(dev, copy=True)
         return out
 
     def fork(self, *labels: object) -> SampleRNG:
@@ -160,7 +159,12 @@ class SampleRNG:
         if dtype == torch.float64:
             u = _lsr(z, 11).to(torch.float64) * 2.0**-53
         else:
-            u = (_lsr(z, 40).to(torch.float32) * 2.0**-24).to(dtype)
+            u = _lsr(z, 40).to(torch.float32) * 2.0**-24
+            if dtype != torch.float32:  # half precision would round values near 1 up to 1
+                below_one = torch.nextafter(
+                    torch.ones((), dtype=dtype), torch.zeros((), dtype=dtype)
+                )
+                u = u.to(dtype).clamp_(max=float(below_one))
         return u.view(n, *shape)
 
     def normal(
@@ -194,11 +198,13 @@ class SampleRNG:
 
 
 def as_sample_rng(seed: int | SampleRNG, n: int, device: torch.device) -> SampleRNG:
-    """``seed`` as streams for a batch of ``n`` samples: an int keys them ``0 .. n-1``."""
+    """``seed`` as streams for a batch of ``n`` samples: an int keys them ``0 .. n-1``; a
+    :class:`SampleRNG` is copied (at its current positions), so the caller's object is left as
+    it was and passing it again gives the same numbers."""
     if isinstance(seed, SampleRNG):
         if len(seed) != n:
             raise ConfigError(f"the SampleRNG holds {len(seed)} streams for a batch of {n} samples")
-        return seed.to(device)
+        return seed.copy(device)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(
             f"seed must be an int or an advlab.rng.SampleRNG, got {type(seed).__name__}"

@@ -197,6 +197,11 @@ class ThreatModel:
     def contains(self, x_adv: Tensor, x: Tensor) -> Tensor:
         """Per-sample check that ``x_adv`` lies in the ball and the box (with float tolerance).
 
+        In half precision (float16, bfloat16) a projected point can only be stored to the
+        nearest representable value, so the ball is checked up to that rounding per feature:
+        one rounding step of the box's largest value for L-inf, ``sqrt(D)`` of them for L2 and
+        ``D`` for L1.
+
         Returns a ``(B,)`` bool tensor.
         """
         tol = ATOL + RTOL * (self.upper - self.lower)
@@ -204,7 +209,15 @@ class ThreatModel:
         in_box = ((flat >= self.lower - tol) & (flat <= self.upper + tol)).all(dim=1)
         if not self.bounded:
             return in_box
-        return in_box & within(self.norms(x_adv - x), self.norm, self.eps)
+        norms = self.norms((x_adv - x).to(torch.promote_types(x.dtype, torch.float32)))
+        inside = within(norms, self.norm, self.eps)
+        res = torch.finfo(x_adv.dtype).eps
+        if res > 1e-6 and self.norm != "l0":  # half precision: one rounding step per feature
+            step = res * max(abs(self.lower), abs(self.upper), 1.0)
+            d = flat.shape[1]
+            k = {"linf": 1.0, "l2": math.sqrt(d), "l1": float(d)}[self.norm]
+            inside = norms <= self.eps + k * step
+        return in_box & inside
 
     def random_start(self, x: Tensor, rng: SampleRNG, rows: Tensor | None = None) -> Tensor:
         """A random point of the threat set around each ``x``.
@@ -228,10 +241,11 @@ class ThreatModel:
             raise ConfigError("a random start needs a finite eps; set eps or random_start=False")
         if self.norm == "l0":
             raise ConfigError("random starts are not defined for l0; use random_start=False")
-        shape, dt, dev = tuple(x.shape[1:]), x.dtype, x.device
+        # draws in at least float32 (half precision has too few values near 1), then cast
+        shape, dt, dev = tuple(x.shape[1:]), torch.promote_types(x.dtype, torch.float32), x.device
         if self.norm == "linf":
             u = rng.uniform(shape, rows, dtype=dt, device=dev)
-            return self.project(x + (2 * u - 1) * self.eps, x)
+            return self.project(x + ((2 * u - 1) * self.eps).to(x.dtype), x)
         if self.norm == "l2":
             d = rng.normal(shape, rows, dtype=dt, device=dev)
         else:
@@ -240,7 +254,7 @@ class ThreatModel:
         n = lp_norms(d, self.norm).clamp(min=1e-12)
         r = rng.uniform((), rows, dtype=dt, device=dev) * self.eps
         d = d * (r / n).view(-1, *([1] * (x.dim() - 1)))
-        return self.project(x + d, x)
+        return self.project(x + d.to(x.dtype), x)
 
     def to_dict(self) -> dict[str, float | str]:
         """JSON-friendly form (``eps`` inf is written as the string ``"inf"``)."""

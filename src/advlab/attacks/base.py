@@ -102,8 +102,11 @@ class AttackRun:
         self.threat = threat
         self.target = target
         self.rng = rng
-        self.best = self.x.clone()
+        self.best = self.x.clone(memory_format=torch.contiguous_format)
         self.queries = torch.zeros(self.n, dtype=torch.long, device=x.device)
+        #: ``(B,)`` samples whose search a query budget ended (see :meth:`affordable`).
+        self.exhausted = torch.zeros(self.n, dtype=torch.bool, device=x.device)
+        self.stop_reason: str | None = None
         self._per_sample = oracle.budget.per_sample
         self._checked_labels = False
         oracle.reserve(self.n)  # the verification query of every sample
@@ -114,12 +117,32 @@ class AttackRun:
         return int(self.x.shape[0])
 
     def remaining(self, rows: Tensor | None = None) -> Tensor:
-        """``(len(rows),)`` queries each sample may still spend on the search (float; ``inf``
+        """``(len(rows),)`` float64 queries each sample may still spend on the search (``inf``
         without a per-sample budget). The total budget is :attr:`Oracle.remaining`."""
         q = self.queries if rows is None else self.queries[rows]
         if self._per_sample is None:
-            return torch.full(q.shape, float("inf"), device=q.device)
+            return torch.full(q.shape, float("inf"), dtype=torch.float64, device=q.device)
         return (self._per_sample - 1 - q).to(torch.float64)
+
+    def affordable(self, rows: Tensor, cost: int = 1) -> Tensor:
+        """``(len(rows),)`` bool: which of these samples can still pay ``cost`` queries.
+
+        Budget-aware algorithms call it before a query and drop the samples that cannot pay,
+        as they drop samples that are done: those keep their best answer, are marked
+        :attr:`exhausted`, and the other samples go on, so a sample's result does not depend on
+        the budgets of its batch-mates. (An algorithm that does not drop them is stopped as a
+        whole by :class:`~advlab.errors.BudgetExhausted` at the first query that would overshoot.)
+        """
+        if self._per_sample is None:
+            return torch.ones(rows.shape, dtype=torch.bool, device=rows.device)
+        ok = self.queries[rows] + cost <= self._per_sample - 1
+        if not bool(ok.all()):
+            self.exhausted[rows[~ok]] = True
+            self.stop_reason = (
+                f"per-sample query budget of {self._per_sample} reached (one query per sample "
+                "is kept for the final verification)"
+            )
+        return ok
 
     def _charge(self, x: Tensor, rows: Tensor | None) -> Tensor:
         if rows is None:
@@ -143,11 +166,22 @@ class AttackRun:
             self._checked_labels = True
             check_classes(self.oracle.num_classes, self.y, self.target)
 
+    @property
+    def limited(self) -> bool:
+        """Whether a per-sample query budget applies (then see :meth:`affordable`)."""
+        return self._per_sample is not None
+
     def scores(self, x: Tensor, rows: Tensor | None = None, *, grad: bool = False) -> Tensor:
-        """``(n, C)`` scores of the images ``x`` (with the autograd graph when ``grad``)."""
+        """``(n, C)`` logits of the images ``x`` (with the autograd graph when ``grad``).
+
+        An oracle whose scores are probabilities answers with their logarithms, which are logits
+        of the same softmax: attacks always see logits.
+        """
         r = self._charge(x, rows)
         out = self.oracle.scores(x, grad=grad)
         self._count(r)
+        if self.oracle.output == "probabilities":
+            out = out.clamp_min(torch.finfo(out.dtype).tiny).log()
         return out
 
     def labels(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
@@ -333,7 +367,7 @@ def run_attack(
         )
     if spec.check is not None:
         spec.check(threat, **kwargs)
-    if spec.resolve_defaults is not None and threat.bounded:
+    if spec.resolve_defaults is not None and threat.eps > 0:
         kwargs = spec.resolve_defaults(threat, kwargs)
     oracle = as_oracle(model)
     oracle.require(spec.needs, f"attack {spec.name!r}")
@@ -342,15 +376,15 @@ def run_attack(
         spec.name, oracle, x, y, threat, target, as_sample_rng(seed, x.shape[0], x.device)
     )
     try:
-        stopped = None
         found: Mapping[str, Tensor] = {}
         if threat.eps > 0:
             try:
                 found = spec.algorithm(run, **kwargs) or {}
-            except BudgetExhausted as e:
-                stopped = str(e)
+            except BudgetExhausted as e:  # the whole call stops: every sample is cut short
+                run.stop_reason = str(e)
+                run.exhausted[:] = True
         extras = dict(found)
-        result = finalize(run, params=kwargs, stopped=stopped)
+        result = finalize(run, params=kwargs)
         if spec.extras is not None:
             extras.update(spec.extras(run.x, result.x_adv))
         return replace(result, extras=extras)
@@ -406,6 +440,41 @@ def prepare(x: Tensor, y: Tensor, threat: ThreatModel, target: Tensor | None) ->
     check_target(target, y)
 
 
+#: Minimal-perturbation attacks accept a point only with a logit margin of at least this
+#: fraction of the two logits it compares (see :func:`decisive`).
+MARGIN_RTOL = 1e-3
+
+
+def noise_floor(logits: Tensor, y: Tensor, target: Tensor | None = None) -> Tensor:
+    """``(B,)`` the smallest margin that counts as a success for a minimal-perturbation attack:
+    ``MARGIN_RTOL * max(1, |z_a|, |z_b|)`` for the two logits the margin compares.
+
+    Float round-off in a model's logits changes with the batch size, the kernel and the machine
+    (about 1e-7 of their size in float32 on a CPU). A point whose margin is within that of 0 is
+    adversarial in one batch and not in another; a margin of 1e-3 of the logits' size is far
+    above the round-off and costs a negligible extra distance.
+    """
+    z = logits.detach()
+    cls = y if target is None else target
+    own = z.gather(1, cls[:, None]).squeeze(1).abs()
+    other = z.scatter(1, cls[:, None], float("-inf")).amax(dim=1).abs()
+    return MARGIN_RTOL * torch.maximum(torch.maximum(own, other), torch.ones_like(own))
+
+
+def decisive(
+    logits: Tensor, y: Tensor, target: Tensor | None = None, confidence: float = 0.0
+) -> Tensor:
+    """``(B,)`` bool: the point succeeds with a margin of at least ``max(confidence,``
+    :func:`noise_floor` ``)``, so that any batch, kernel or machine agrees that it succeeds.
+
+    The rule of every minimal-perturbation attack for accepting a point: they search for the
+    smallest perturbation, which puts their answer on the decision boundary, where round-off
+    alone would otherwise decide.
+    """
+    need = torch.clamp(noise_floor(logits, y, target), min=confidence)
+    return margin(logits.detach(), y, target) >= need
+
+
 def margin(logits: Tensor, y: Tensor, target: Tensor | None = None) -> Tensor:
     """Per-sample logit margin, positive exactly when the attack succeeds.
 
@@ -432,11 +501,12 @@ def attack_loss(logits: Tensor, y: Tensor, target: Tensor | None, loss: str) -> 
     raise ConfigError(f"unknown loss {loss!r}; use one of {', '.join(LOSSES)}")
 
 
-def finalize(
-    run: AttackRun, *, params: Mapping[str, Any], stopped: str | None = None
-) -> AttackResult:
+def finalize(run: AttackRun, *, params: Mapping[str, Any]) -> AttackResult:
     """Project :attr:`AttackRun.best` onto the threat set, assert containment, re-check success
     with one verification query per sample. The single exit of every attack.
+
+    Samples that a query budget stopped (:attr:`AttackRun.exhausted`) and that did not succeed
+    are flagged in :attr:`AttackResult.exhausted`, with the reason in ``stopped``.
 
     Raises:
         RuntimeError: if the projected output is still outside the threat set (a bug in advlab).
@@ -449,6 +519,7 @@ def finalize(
         raise RuntimeError(f"internal error: {run.name} left {bad} outputs outside {threat}")
     pred = run.verify(x_adv)
     success = pred == target if target is not None else pred != y
+    exhausted = run.exhausted & ~success
     return AttackResult(
         attack=run.name,
         params=dict(params),
@@ -460,7 +531,8 @@ def finalize(
         pred=pred,
         label=y,
         target=target,
-        stopped=stopped,
+        stopped=run.stop_reason if bool(exhausted.any()) else None,
+        exhausted=exhausted,
     )
 
 

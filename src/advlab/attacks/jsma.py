@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from advlab.attacks.base import AttackRun, register_attack
+from advlab.attacks.base import AttackRun, decisive, register_attack
 from advlab.errors import ConfigError
 from advlab.threat import ThreatModel
 
@@ -160,10 +160,13 @@ def jsma(
     out = run.best.view(b, d)
     idx = torch.arange(b, device=x.device)
     while idx.numel() > 0:
+        if run.limited:
+            idx = idx[run.affordable(idx)]
+            if idx.numel() == 0:
+                break
         xa = cur[idx].view(-1, *x.shape[1:]).requires_grad_(True)
         z = run.scores(xa, idx, grad=True)
-        pred = z.detach().argmax(dim=1)
-        hit = pred != y[idx] if target is None else pred == tgt[idx]
+        hit = decisive(z, y[idx], None if target is None else tgt[idx])
         out[idx[hit]] = cur[idx[hit]]
         rows = cur[idx]
         spent = (rows != flat[idx]).sum(dim=1)

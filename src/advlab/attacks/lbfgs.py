@@ -24,7 +24,13 @@ import scipy.optimize
 import torch
 from torch import Tensor
 
-from advlab.attacks.base import AttackRun, check_count, check_positive, register_attack
+from advlab.attacks.base import (
+    AttackRun,
+    check_count,
+    check_positive,
+    decisive,
+    register_attack,
+)
 from advlab.errors import ConfigError
 from advlab.threat import ThreatModel
 
@@ -226,8 +232,7 @@ def lbfgs(
     logits0 = run.scores(x)
 
     def adversarial(logits: Tensor, rows: Tensor) -> Tensor:
-        pred = logits.argmax(dim=1)
-        return pred != y[rows] if target is None else pred == target[rows]
+        return decisive(logits, y[rows], None if target is None else target[rows])
 
     best = run.best.view(b, -1)
     best_norm = torch.full((b,), math.inf, dtype=flat.dtype, device=x.device)

@@ -202,7 +202,17 @@ def audit(model: str, factory: str | None, data: str, data_dir: str | None, norm
     stdout.print(f"model: {shown}", highlight=False, markup=False)
     stdout.print(f"data: {data}, {ev.n} test samples; clean accuracy {ev.clean_accuracy:.2%} "
                  f"(95% CI {lo:.2%}-{hi:.2%})", highlight=False, markup=False)  # fmt: skip
-    table = Table(title=f"robust accuracy under {norm} attacks (95% Wilson interval)")
+    stdout.print(summary_table(ev))
+    stdout.print(f"run: {res.run_id}" + (" (completed by another process)" if res.reused else ""),
+                 highlight=False)  # fmt: skip
+    stdout.print(f"report: {res.html}", highlight=False, soft_wrap=True, markup=False)
+    stdout.print(f"json: {res.json}", highlight=False, soft_wrap=True, markup=False)
+
+
+def summary_table(ev: Any) -> Table:
+    """The audit's table: one row per attack and eps, 7 columns that fit 80 characters."""
+    norms = " / ".join(ev.norms)
+    table = Table(title=f"robust accuracy under {norms} attacks (95% Wilson interval)")
     for col in ("attack", "eps", "robust", "95% CI", "success", "median", "time"):
         table.add_column(col, justify="left" if col == "attack" else "right", no_wrap=True)
     for r in ev.summaries:
@@ -211,11 +221,7 @@ def audit(model: str, factory: str | None, data: str, data_dir: str | None, norm
             f"{r.ci_low:.1%}-{r.ci_high:.1%}", _pct(r.success_rate), _num(r.median_norm),
             _seconds(r.wall_time),
         )  # fmt: skip
-    stdout.print(table)
-    stdout.print(f"run: {res.run_id}" + (" (completed by another process)" if res.reused else ""),
-                 highlight=False)  # fmt: skip
-    stdout.print(f"report: {res.html}", highlight=False, soft_wrap=True, markup=False)
-    stdout.print(f"json: {res.json}", highlight=False, soft_wrap=True, markup=False)
+    return table
 
 
 def _pct(v: float) -> str:

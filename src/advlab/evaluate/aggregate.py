@@ -166,6 +166,7 @@ def summarize(row: Row, records: Sequence[SampleRecord], wall_time: float) -> Su
         mean_norm=float(norms.mean()) if flipped else math.nan,
         median_norm=float(norms.quantile(0.5)) if flipped else math.nan,
         queries=sum(r.queries for r in records), wall_time=wall_time,
+        stopped=sum(r.stopped is not None for r in records),
     )  # fmt: skip
 
 
@@ -175,6 +176,7 @@ def _at_eps(records: list[SampleRecord], threat: ThreatModel) -> list[SampleReco
                 threat.eps).tolist()  # fmt: skip
     return [
         r if hit or not r.success else replace(r, success=False, adv_pred=r.clean_pred, norm=0.0)
+        # (a success found beyond eps was not cut short by a budget: stopped stays as it was)
         for r, hit in zip(records, ok, strict=True)
     ]
 

@@ -148,7 +148,8 @@ class _Runner:
     def clean(self) -> None:
         """Clean predictions of every sample, checked against what the sink holds."""
         dev = self.data.y.device
-        stored = self.sink.stored(self.plan.clean)
+        mine = set(self.plan.indices.tolist())  # other shards may share the sink
+        stored = {i: r for i, r in self.sink.stored(self.plan.clean).items() if i in mine}
         pred = torch.empty(self.plan.n_total, dtype=torch.long, device=dev)
         new: list[SampleRecord] = []
         for b, idx in enumerate(self.batches):
@@ -166,11 +167,6 @@ class _Runner:
                 "classes; evaluate a model trained for this dataset"
             )
         if stored:
-            if any(i >= self.plan.n_total for i in stored):
-                raise ConfigError(
-                    f"the sink holds samples beyond this dataset's {self.plan.n_total}; it was "
-                    "made on another dataset: start a new run"
-                )
             old = [
                 (r.clean_pred, int(pred[i]), r.label, int(self.data.y[i]))
                 for i, r in stored.items()
@@ -199,7 +195,9 @@ class _Runner:
         self.clean_pred = pred
 
     def cell(self, cell: Cell) -> None:
-        """Run ``cell`` over every batch the sink does not hold yet."""
+        """Run ``cell`` on every sample the sink does not hold yet, batch by batch (a batch of
+        which some samples are stored attacks only the others: a sample's record does not
+        depend on its batch-mates)."""
         stored = self.sink.stored(cell)
         ex_threat = self.plan.example_threat
         want_examples = (
@@ -208,10 +206,11 @@ class _Runner:
         )  # fmt: skip
         kept = {e.index for e in self.sink.examples(cell)} if want_examples else set()
         dev = self.data.y.device
-        for b, idx in enumerate(self.batches):
-            done = [int(i) in stored for i in idx.tolist()]
-            resumed = all(done)
-            if not resumed:
+        for b, batch in enumerate(self.batches):
+            todo = [i for i in batch.tolist() if i not in stored]
+            resumed = not todo
+            if todo:
+                idx = torch.tensor(todo, dtype=torch.long)
                 i = idx.to(dev)
                 t0 = time.perf_counter()
                 out = run_batch(

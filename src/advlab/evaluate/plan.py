@@ -165,6 +165,9 @@ class Row:
     def key(self) -> tuple[str, str, float]:
         return (self.attack, self.threat.norm, self.threat.eps)
 
+    def __hash__(self) -> int:
+        return hash((self.key, self.source, repr(sorted(self.params.items()))))
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -196,8 +199,8 @@ class Plan:
         """The threat model the kept examples are shown at, or ``None`` (no positive eps)."""
         eps = self.config.example_eps
         norm = self.threats[0].norm
+        positive = [t.eps for t in self.threats if t.norm == norm and t.eps > 0]
         if eps is None:
-            positive = [t.eps for t in self.threats if t.norm == norm and t.eps > 0]
             if not positive:
                 return None
             eps = positive[len(positive) // 2]
@@ -272,6 +275,12 @@ def make_plan(
     if isinstance(n_total, bool) or not isinstance(n_total, int) or n_total < 1:
         raise ConfigError(f"an evaluation needs at least one sample, got {n_total!r}")
     assert all(n in NORMS for n in norms)
+    ex = config.example_eps
+    if ex is not None and ex not in [t.eps for t in grid if t.norm == norms[0] and t.eps > 0]:
+        raise ConfigError(
+            f"example_eps={ex!r} is not a positive radius of the {norms[0]} grid; pick one of "
+            f"{[t.eps for t in grid if t.norm == norms[0] and t.eps > 0]}"
+        )
 
     clean = Cell(CLEAN, norms[0], 0.0)
     cells: list[Cell] = []

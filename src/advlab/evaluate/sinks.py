@@ -74,13 +74,19 @@ class MemorySink:
         self.params: dict[CellKey, str] = {}
         self.summaries: list[Summary] = []
 
-    def _data(self, cell: Cell) -> _CellData:
+    def _data(self, cell: Cell, *, create: bool = False) -> _CellData:
         text = canonical_json(cell.params)
-        if self.params.setdefault(cell.key, text) != text:
+        held = self.params.get(cell.key)
+        if held is not None and held != text:
             raise ConfigError(
                 f"this sink holds {cell} with other parameters; use a new sink for new ones"
             )
-        return self.cells.setdefault(cell.key, _CellData())
+        if cell.key not in self.cells:
+            if not create:
+                return _CellData()  # reading does not create the cell
+            self.params[cell.key] = text
+            self.cells[cell.key] = _CellData()
+        return self.cells[cell.key]
 
     def stored(self, cell: Cell) -> dict[int, SampleRecord]:
         return dict(self._data(cell).records)
@@ -93,7 +99,7 @@ class MemorySink:
         wall_time: float = 0.0,
         examples: Sequence[Example] = (),
     ) -> None:
-        d = self._data(cell)
+        d = self._data(cell, create=True)
         d.records.update((r.index, r) for r in records)
         d.examples.update((e.index, e) for e in examples)
         d.wall_time += wall_time
@@ -127,13 +133,16 @@ class JsonlSink(MemorySink):
             self._load()
 
     def _load(self) -> None:
-        lines = self.path.read_text(encoding="utf-8").splitlines()
+        data = self.path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]
+        if len(complete) < len(data):  # a line torn by a crash: cut it, its batch is recomputed
+            with open(self.path, "r+b") as fh:
+                fh.truncate(len(complete))
+        lines = complete.decode("utf-8").splitlines()
         for n, line in enumerate(lines, 1):
             try:
                 item = json.loads(line)
             except json.JSONDecodeError:
-                if n == len(lines):
-                    break  # a torn last line: its batch is recomputed
                 raise CheckpointError(
                     f"{self.path} line {n} is not JSON; it is not an advlab JSON-lines sink"
                 ) from None
@@ -173,10 +182,11 @@ class JsonlSink(MemorySink):
 
 
 def _record(d: dict[str, Any]) -> SampleRecord:
+    extras = {k: from_plain_float(v) for k, v in d.get("extras", {}).items()}
     return SampleRecord(
         index=d["index"], label=d["label"], clean_pred=d["clean_pred"], adv_pred=d["adv_pred"],
         success=d["success"], norm=from_plain_float(d["norm"]), queries=d["queries"],
-        target=d.get("target"), extras={k: from_plain_float(v) for k, v in d.get("extras", {}).items()},
+        target=d.get("target"), extras=extras, stopped=d.get("stopped"),
         certified=d.get("certified"), shard=d.get("shard"),
     )  # fmt: skip
 

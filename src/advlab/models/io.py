@@ -18,9 +18,11 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import pickle
 import platform
 import struct
+import sys
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping
@@ -87,7 +89,7 @@ def save_model(
     model: nn.Module,
     path: str | Path,
     *,
-    arch: str | None,
+    arch: str | None = None,
     arch_kwargs: Mapping[str, Any] | None = None,
     dataset: str | None = None,
     clean_accuracy: float | None = None,
@@ -100,8 +102,9 @@ def save_model(
     Args:
         model: the model; its ``state_dict`` is saved (tied or non-contiguous tensors are copied).
         path: ``<stem>`` or ``<stem>.safetensors``; ``<stem>.json`` is written beside it.
-        arch: the zoo name the model was built from (``advlab list models``), or ``None`` for a
-            model of your own (load it later with ``factory="pkg.module:function"``).
+        arch: the zoo name the model was built from (``advlab list models``), or ``None`` (the
+            default) for a model of your own: load it later with
+            ``factory="pkg.module:function"`` (CLI: ``--factory``).
         arch_kwargs: the keyword arguments the zoo factory was called with. They are stored with
             the factory's defaults filled in, and checked now: if the model they build does not
             have this model's parameter names and shapes, ConfigError is raised.
@@ -164,6 +167,9 @@ def resolve_factory(spec: str) -> Callable[[], nn.Module]:
 
     The function is called later with no arguments and must return an ``nn.Module``.
 
+    The module is looked up in the current folder first (as ``python -m`` does), then on the
+    import path.
+
     Raises:
         ConfigError: a malformed spec, a module that cannot be imported, a missing attribute or
             one that is not callable.
@@ -173,13 +179,21 @@ def resolve_factory(spec: str) -> Callable[[], nn.Module]:
     mod_name, attr = (s.strip() for s in spec.split(":"))
     if not mod_name or not attr:
         raise ConfigError(f"factory must look like 'package.module:function', got {spec!r}")
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:  # look in the current folder first, as `python -m` does
+        sys.path.insert(0, cwd)
+    importlib.invalidate_caches()
     try:
         module = importlib.import_module(mod_name)
     except ImportError as e:
         raise ConfigError(
-            f"cannot import module {mod_name!r} for factory {spec!r} ({e}); make sure it is "
-            "installed or on PYTHONPATH"
+            f"cannot import module {mod_name!r} for factory {spec!r} ({e}); run from the folder "
+            "that holds it, install it, or add its folder to PYTHONPATH"
         ) from None
+    finally:
+        if added:
+            sys.path.remove(cwd)
     obj: Any = module
     for part in attr.split("."):
         try:
@@ -302,9 +316,14 @@ def _load_safetensors(
         kwargs = dict(meta.get("arch_kwargs") or {})
         model = build_model(str(meta["arch"]), **kwargs)
     else:
+        why = (
+            f'{meta_path.name} has no zoo architecture ("arch": null: a model of your own)'
+            if meta_path.exists()
+            else f"there is no {meta_path.name} beside it"
+        )
         raise CheckpointError(
-            f"{weights} does not name its architecture (no {meta_path.name} with an 'arch'); "
-            "pass factory='package.module:function' (CLI: --factory) to build the model"
+            f"{weights} does not say how to build its network: {why}; pass "
+            "factory='package.module:function' (CLI: --factory) to build it"
         )
     _load_state(model, state, weights)
     meta.update(path=str(weights), format="safetensors")

@@ -7,6 +7,10 @@ younger than :data:`STALE_SECONDS`, and, when its owner is on this host, while t
 process exists. Anything else that did not complete (interrupted, failed, or running with a dead
 owner) is **abandoned** and may be resumed.
 
+Limits: the same-host check trusts the host name and process ids, so containers that share a
+host name but not a process namespace should use separate stores; across hosts, liveness
+relies on the hosts' clocks agreeing to well within :data:`STALE_SECONDS`.
+
 :func:`claim` decides, inside one write transaction (so two processes cannot both decide to
 resume the same run), whether a process starts a new run, resumes an abandoned identical one, or
 must wait for a live identical one.
@@ -14,6 +18,7 @@ must wait for a live identical one.
 
 from __future__ import annotations
 
+import _thread
 import logging
 import os
 import secrets
@@ -126,6 +131,10 @@ def claim(
 class Heartbeat:
     """Keeps a run's lease alive from a background thread while the ``with`` block runs.
 
+    If the lease is found taken over (this process stalled past :data:`STALE_SECONDS` and
+    another resumed the run), the main thread is interrupted (``KeyboardInterrupt``) and
+    :attr:`lost` is set; the run's status then belongs to the new owner.
+
     Args:
         path: the store file (the thread opens its own connection).
         run_id: the run this process owns.
@@ -134,6 +143,7 @@ class Heartbeat:
     def __init__(self, path: str | os.PathLike[str], run_id: str) -> None:
         self.path, self.run_id, self.owner = os.fspath(path), run_id, owner_id()
         self._stop = threading.Event()
+        self.lost = False
         self._thread = threading.Thread(target=self._beat, name="advlab-heartbeat", daemon=True)
 
     def _beat(self) -> None:
@@ -146,12 +156,21 @@ class Heartbeat:
             while not self._stop.wait(HEARTBEAT_SECONDS):
                 try:
                     with conn:
-                        conn.execute(
+                        cur = conn.execute(
                             "UPDATE runs SET heartbeat = ? WHERE id = ? AND owner = ?",
                             (time.time(), self.run_id, self.owner),
                         )
                 except sqlite3.Error as e:
                     log.warning("heartbeat of run %s failed: %s", self.run_id, e)
+                    continue
+                if cur.rowcount == 0:  # another process took the run over: stop working on it
+                    self.lost = True
+                    log.error(
+                        "lost the lease of run %s to another process (this one stalled for "
+                        "over %.0f s); stopping", self.run_id, STALE_SECONDS,
+                    )  # fmt: skip
+                    _thread.interrupt_main()
+                    return
         finally:
             conn.close()
 

@@ -23,14 +23,19 @@ class StoreSink:
         self.run_id = run_id
         self._ids: dict[tuple[str, str, float], int] = {}
 
-    def _id(self, cell: Cell) -> int:
+    def _id(self, cell: Cell, *, create: bool = True) -> int | None:
+        """The cell's evaluation id; reading (``create=False``) never creates the row, but
+        does check that a stored cell has the same parameters."""
         key = cell.key
         if key not in self._ids:
+            if not create and self.store.find_cell(self.run_id, *key) is None:
+                return None
             self._ids[key] = self.store.cell_id(self.run_id, cell)
         return self._ids[key]
 
     def stored(self, cell: Cell) -> dict[int, SampleRecord]:
-        return {r.index: r for r in self.store.records(self._id(cell))}
+        eid = self._id(cell, create=False)
+        return {} if eid is None else {r.index: r for r in self.store.records(eid)}
 
     def write(
         self,
@@ -41,15 +46,16 @@ class StoreSink:
         examples: Sequence[Example] = (),
     ) -> None:
         eid = self._id(cell)
-        if examples:
-            self.store.add_examples(eid, examples)
-        self.store.add_records(eid, records, wall_time=wall_time)
+        assert eid is not None
+        self.store.add_records(eid, records, wall_time=wall_time, examples=examples)
 
     def examples(self, cell: Cell) -> list[Example]:
-        return self.store.examples(self._id(cell))
+        eid = self._id(cell, create=False)
+        return [] if eid is None else self.store.examples(eid)
 
     def wall_time(self, cell: Cell) -> float:
-        return self.store.wall_time(self._id(cell))
+        eid = self._id(cell, create=False)
+        return 0.0 if eid is None else self.store.wall_time(eid)
 
     def summarize(self, summaries: Sequence[Summary]) -> None:
         for s in summaries:

@@ -87,6 +87,7 @@ CREATE TABLE evaluations (
     wall_time REAL NOT NULL DEFAULT 0,
     queries INTEGER,
     robust INTEGER,
+    stopped INTEGER,
     UNIQUE (run_id, attack, norm, eps)
 );
 CREATE TABLE samples (
@@ -100,6 +101,7 @@ CREATE TABLE samples (
     queries INTEGER NOT NULL,
     target INTEGER,
     extras TEXT,
+    stopped TEXT,
     certified REAL,
     shard INTEGER,
     PRIMARY KEY (evaluation_id, idx)
@@ -125,11 +127,12 @@ def _v1_to_v2(c: sqlite3.Connection) -> None:
     for col in ("error TEXT", "owner TEXT", "heartbeat REAL"):
         c.execute(f"ALTER TABLE runs ADD COLUMN {col}")
     c.execute("ALTER TABLE evaluations ADD COLUMN robust INTEGER")
+    c.execute("ALTER TABLE evaluations ADD COLUMN stopped INTEGER")
     c.execute(
         "UPDATE evaluations SET robust = CAST(ROUND(robust_accuracy * n) AS INTEGER) "
         "WHERE robust_accuracy IS NOT NULL AND n IS NOT NULL"
     )
-    for col in ("target INTEGER", "extras TEXT", "certified REAL", "shard INTEGER"):
+    for col in ("target INTEGER", "extras TEXT", "stopped TEXT", "certified REAL", "shard INTEGER"):
         c.execute(f"ALTER TABLE samples ADD COLUMN {col}")
     _script(c, _SCHEMA[_SCHEMA.index("CREATE TABLE examples") :])
 
@@ -381,22 +384,35 @@ class RunStore:
         summary: Mapping[str, Any] | None = None,
         *,
         error: str | None = None,
-    ) -> None:
+        owner: str | None = None,
+    ) -> bool:
         """Mark a run as ended (``"complete"``, ``"failed"`` or ``"interrupted"``), release its
-        lease, and record a summary and, for a failure, the reason."""
+        lease, and record a summary and, for a failure, the reason.
+
+        Args:
+            owner: finish only if this process still holds the run's lease (another process
+                may have taken over an abandoned run); ``None``: unconditionally.
+
+        Returns:
+            False if ``owner`` no longer holds the run (nothing was changed).
+        """
         self._check_status(status)
         if status == "running":
             raise ConfigError("finish_run needs an end status: complete, failed or interrupted")
         self._check_run(run_id)
         with self._tx() as c:
-            c.execute(
+            cur = c.execute(
                 "UPDATE runs SET status = ?, finished = ?, summary = ?, error = ?, owner = NULL, "
-                "heartbeat = NULL WHERE id = ?",
+                "heartbeat = NULL WHERE id = ? AND (? IS NULL OR owner = ?)",
                 (
                     status, _now(), canonical_json(summary) if summary is not None else None,
-                    error, run_id,
+                    error, run_id, owner, owner,
                 ),
             )  # fmt: skip
+        if cur.rowcount == 0:
+            log.error("run %s is now owned by another process; its status was left alone", run_id)
+            return False
+        return True
 
     @staticmethod
     def _check_status(status: str) -> None:
@@ -506,11 +522,12 @@ class RunStore:
             c.execute(
                 "UPDATE evaluations SET n = ?, robust = ?, robust_accuracy = ?, ci_low = ?, "
                 "ci_high = ?, success_rate = ?, mean_norm = ?, median_norm = ?, queries = ?, "
-                "wall_time = ? WHERE id = ?",
+                "wall_time = ?, stopped = ? WHERE id = ?",
                 (
                     summary.n, summary.robust, summary.robust_accuracy, summary.ci_low,
                     summary.ci_high, _num(summary.success_rate), _num(summary.mean_norm),
-                    _num(summary.median_norm), summary.queries, summary.wall_time, eid,
+                    _num(summary.median_norm), summary.queries, summary.wall_time,
+                    summary.stopped, eid,
                 ),
             )  # fmt: skip
 
@@ -538,6 +555,7 @@ class RunStore:
                 median_norm=_nan(r["median_norm"]),
                 queries=r["queries"] or 0,
                 wall_time=r["wall_time"] or 0.0,
+                stopped=r["stopped"] or 0,
             )
             for r in rows
         ]
@@ -552,15 +570,21 @@ class RunStore:
     # -- records -------------------------------------------------------------------------------
 
     def add_records(
-        self, evaluation_id: int, records: Iterable[SampleRecord], *, wall_time: float = 0.0
+        self,
+        evaluation_id: int,
+        records: Iterable[SampleRecord],
+        *,
+        wall_time: float = 0.0,
+        examples: Sequence[Example] = (),
     ) -> int:
-        """Insert (or replace) per-sample records in one transaction, adding ``wall_time`` (the
-        seconds they took) to the evaluation's total. Returns the number written."""
+        """Insert (or replace) per-sample records, and any examples kept with them, in one
+        transaction, adding ``wall_time`` (the seconds they took) to the evaluation's total.
+        Returns the number of records written."""
         data = [
             (
                 evaluation_id, r.index, r.label, r.clean_pred, r.adv_pred, int(r.success),
                 float(r.norm), r.queries, r.target,
-                canonical_json(r.extras) if r.extras else None, r.certified, r.shard,
+                canonical_json(r.extras) if r.extras else None, r.stopped, r.certified, r.shard,
             )
             for r in records
         ]  # fmt: skip
@@ -568,12 +592,17 @@ class RunStore:
             try:
                 c.executemany(
                     "INSERT OR REPLACE INTO samples (evaluation_id, idx, label, clean_pred, "
-                    "adv_pred, success, norm, queries, target, extras, certified, shard) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "adv_pred, success, norm, queries, target, extras, stopped, certified, shard) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     data,
                 )
             except sqlite3.IntegrityError:
                 raise UnknownNameError(f"no evaluation {evaluation_id} in {self.path}") from None
+            if examples:
+                c.executemany(
+                    "INSERT OR REPLACE INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    _example_rows(evaluation_id, examples),
+                )
             if wall_time:
                 c.execute(
                     "UPDATE evaluations SET wall_time = wall_time + ? WHERE id = ?",
@@ -597,6 +626,7 @@ class RunStore:
                 queries=r["queries"],
                 target=r["target"],
                 extras={k: from_plain_float(v) for k, v in (_loads(r["extras"]) or {}).items()},
+                stopped=r["stopped"],
                 certified=r["certified"],
                 shard=r["shard"],
             )
@@ -614,15 +644,11 @@ class RunStore:
 
     def add_examples(self, evaluation_id: int, examples: Sequence[Example]) -> None:
         """Keep adversarial examples (images stored as float32 bytes)."""
-        data = [
-            (
-                evaluation_id, e.index, json.dumps(list(e.x.shape)), _blob(e.x), _blob(e.x_adv),
-                e.label, e.clean_pred, e.adv_pred,
-            )
-            for e in examples
-        ]  # fmt: skip
         with self._tx() as c:
-            c.executemany("INSERT OR REPLACE INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?)", data)
+            c.executemany(
+                "INSERT OR REPLACE INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                _example_rows(evaluation_id, examples),
+            )
 
     def examples(self, evaluation_id: int) -> list[Example]:
         """The examples kept for an evaluation, ordered by dataset index."""
@@ -649,6 +675,16 @@ class RunStore:
                 )
             )
         return out
+
+
+def _example_rows(evaluation_id: int, examples: Sequence[Example]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            evaluation_id, e.index, json.dumps(list(e.x.shape)), _blob(e.x), _blob(e.x_adv),
+            e.label, e.clean_pred, e.adv_pred,
+        )
+        for e in examples
+    ]  # fmt: skip
 
 
 def _blob(t: torch.Tensor) -> bytes:
