@@ -85,6 +85,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default="presets,abort")
+    ap.add_argument("--abort-budget", choices=["foolbox", "default"], default="foolbox",
+                    help="the budget the early-exit rules are compared at")  # fmt: skip
     ap.add_argument("--candidates", default=",".join(CANDIDATES))
     ap.add_argument("--out", type=Path, default=REPO / "bench/out/cw_presets.json")
     a = ap.parse_args()
@@ -116,9 +118,10 @@ def main() -> None:
                 print(f"{label:22s} {r['success']:8.3f} {r['median']:8.4f} {r['mean']:8.4f} "
                       f"{r['seconds']:8.1f} {r['queries_per_image']:8.1f} {ratio:9.4f}", flush=True)  # fmt: skip
         if "abort" in sections:
-            print(f"\nfoolbox's setting {FOOLBOX}:")
+            budget = FOOLBOX if a.abort_budget == "foolbox" else {"preset": "default"}
+            print(f"\n{a.abort_budget} setting {budget}:")
             for label, kw in ABORT.items():
-                r = res[f"abort: {label}"] = run(model, x, y, a.batch, **FOOLBOX, **kw)
+                r = res[f"abort: {label}"] = run(model, x, y, a.batch, **budget, **kw)
                 print(f"{label:22s} {r['success']:8.3f} {r['median']:8.4f} {r['mean']:8.4f} "
                       f"{r['seconds']:8.1f} {r['queries_per_image']:8.1f}", flush=True)  # fmt: skip
         out[name] = res

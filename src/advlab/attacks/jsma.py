@@ -113,12 +113,6 @@ def jsma(
     counts as a success as soon as the prediction leaves ``y`` (whichever class it goes to).
 
     Args:
-        model: classifier returning logits; used as is (its train/eval mode is not changed).
-        x: ``(B, *)`` inputs inside the box.
-        y: ``(B,)`` true labels.
-        threat: ``l0``. A minimal-perturbation attack: run it with ``eps = inf``. A finite
-            ``eps`` (a number of features) also caps the budget, ``min(floor(gamma * D), eps)``,
-            and :func:`~advlab.attacks.base.finalize` projects and re-checks as for any attack.
         theta: signed change applied to each selected feature, in input units: ``+1`` is the
             paper's increasing variant (features pushed to ``upper`` on a ``[0, 1]`` box),
             ``-1`` the decreasing variant. Must be finite and non-zero.
@@ -128,8 +122,11 @@ def jsma(
             network output ``F`` of Papernot et al.) or the logits (True: JSMA-Z, the row of
             Carlini & Wagner's Table IV). JSMA-F is the stronger on the digits above (97.0%
             against 78.0% success).
-        target: ``(B,)`` target classes; see above for ``None``.
-        generator: unused (JSMA is deterministic); accepted for a uniform signature.
+
+    Call: ``jsma(model, x, y, threat, *, target=None, **params)`` with an ``l0`` threat model,
+    usually ``eps = inf``; a finite ``eps`` (a number of features) also caps the budget,
+    ``min(floor(gamma * D), eps)``. ``target``: see above for ``None``. Deterministic. Budget
+    aware: a sample out of query budget keeps its best point and the others go on.
 
     Shape:
         x: ``(B, *)``, any layout; features are the ``D`` entries of one flattened sample.

@@ -203,17 +203,15 @@ def lbfgs(
     size is also the number of threads.
 
     Args:
-        model: classifier returning logits; used as is (its train/eval mode is not changed).
-        x: ``(B, *)`` inputs inside the box.
-        y: ``(B,)`` true labels.
-        threat: ``l2``. A minimal-perturbation attack: run it with ``eps = inf``. With a finite
-            ``eps`` the result is projected onto the ball in
-            :func:`~advlab.attacks.base.finalize` and success is re-checked there.
         initial_const: the first ``c`` tried for every sample.
         c_steps: rounds of the search over ``c`` (one L-BFGS-B solve each).
         max_iter: L-BFGS-B iterations per solve.
-        target: ``(B,)`` target classes; ``None`` for the untargeted loss above.
-        generator: unused (the attack is deterministic); accepted for a uniform signature.
+
+    Call: ``lbfgs(model, x, y, threat, *, target=None, **params)`` with an ``l2`` threat model,
+    usually ``eps = inf``; with a finite ``eps`` the result is projected onto the ball and success
+    re-checked. ``target``: ``(B,)`` target classes; ``None`` for the untargeted loss above.
+    Deterministic. A per-sample query budget stops the whole batch at the first sample out of
+    budget.
 
     Shape:
         x: ``(B, *)``; the output matches.
