@@ -22,7 +22,7 @@ from .conftest import make_cnn
 FAST: dict[str, dict] = {
     "pgd": {"steps": 5},
     "bim": {"steps": 5},
-    "cw-l2": {"steps": 30, "binary_search_steps": 2},
+    "cw-l2": {"steps": 30, "binary_search_steps": 2, "lr": 0.1},
     "cw-linf": {"steps": 30, "max_rounds": 3},
     "cw-l0": {"steps": 30, "max_rounds": 3},
     "deepfool": {"steps": 10},
