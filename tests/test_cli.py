@@ -143,7 +143,7 @@ def test_output_paths_are_checked_before_any_work(
 ) -> None:
     afile = tmp_path / "a-file"
     afile.write_text("x")
-    for bad, fragment in ((str(afile), "is a file"), ("/proc/nope", "cannot write reports")):
+    for bad, fragment in ((str(afile), "is a file"), ("/proc/nope", "cannot write to")):
         args = _audit_args(digits_model, tmp_path)
         args[args.index("--out") + 1] = bad
         res = runner.invoke(cli, args)
@@ -209,10 +209,17 @@ def test_the_table_fits_80_columns(digits_model: Path, tmp_path: Path) -> None:
     test = load_dataset("digits").test.take(20)
     ev = evaluate(model, test, ["fgsm", "pgd"], [ThreatModel("linf", e) for e in (0.0, 0.125)],
                   EvalConfig())  # fmt: skip
+    # the widest values a row can hold: long eps, a 12-character interval, an L0 median in the
+    # thousands, minutes
+    from dataclasses import replace
+
+    wide = replace(ev.summaries[-1], attack="worst-case", eps=1 / 255, ci_low=0.839, ci_high=1.0,
+                   median_norm=12345.0, wall_time=7199.0, success_rate=1.0)  # fmt: skip
+    ev = replace(ev, summaries=(*ev.summaries, wide))
     console = Console(width=80, record=True, color_system=None)
     console.print(summary_table(ev))
     text = console.export_text()
-    assert "…" not in text and max(len(ln) for ln in text.splitlines()) <= 80
+    assert "…" not in text and max(len(ln) for ln in text.splitlines()) <= 80, text
     for col in ("attack", "eps", "robust", "95% CI", "success", "median", "time"):
         assert col in text
 
@@ -347,3 +354,25 @@ def test_train_builds_the_model_the_audit_caches(runner: CliRunner, tmp_path: Pa
     _, meta = load_model(dest)
     assert meta["recipe"] == {**TrainConfig().to_dict(), "epochs": 1}
     assert meta["recipe"]["scheduler"] == "cosine"  # the audit's schedule, not "none"
+
+
+def test_train_checks_its_output_path_before_training(runner: CliRunner, tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for bad, fragment in ((afile / "m.safetensors", "is a file"),
+                          (Path("/proc/nope/m.safetensors"), "cannot write to"),
+                          (tmp_path, "is a folder")):  # fmt: skip
+        res = runner.invoke(cli, ["train", "--model", "mlp", "--data", "digits", "--out", str(bad)])
+        one_line_error(res, fragment)
+
+
+def test_a_relative_model_path_is_printed_once(
+    runner: CliRunner, digits_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(digits_model.parent)
+    args = _audit_args(digits_model, tmp_path)
+    args[args.index("--model") + 1] = "./" + digits_model.name
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("model:"))
+    assert line == f"model: ./{digits_model.name}"

@@ -44,7 +44,10 @@ def test_audit_your_model_runs_as_written(tmp_path: Path) -> None:
                 _run([sys.executable, *argv[1:]], tmp_path, env)
             else:
                 assert argv[0] == "advlab"
-                out = _run([sys.executable, "-m", "advlab.cli.main", *argv[1:]], tmp_path, env)
+                # the console script, as a user runs it: unlike `python -m`, it does not put the
+                # current folder on the import path, so this also tests the factory lookup
+                script = Path(sys.executable).parent / "advlab"
+                out = _run([str(script), *argv[1:]], tmp_path, env)
                 audits.append(out.stdout)
     assert len(audits) == 3
     reports = sorted((tmp_path / "reports").glob("*/report.json"))

@@ -50,7 +50,7 @@ def columns(path: Path) -> dict[str, list[tuple[str, str]]]:
 def test_file_is_created_in_wal_mode_with_schema_version(tmp_path: Path) -> None:
     with RunStore(tmp_path / "a" / "runs.sqlite") as s:
         assert s.journal_mode == "wal"
-        assert s.schema_version == SCHEMA_VERSION == 2
+        assert s.schema_version == SCHEMA_VERSION == 3
     with RunStore(tmp_path / "a" / "runs.sqlite") as s:  # reopening keeps it
         assert s.schema_version == SCHEMA_VERSION
 
@@ -67,7 +67,7 @@ def test_a_version_1_file_is_migrated_in_place(tmp_path: Path) -> None:
     c.executescript(V1_DUMP.read_text())  # a store written by advlab 0.1.0's schema
     c.close()
     with RunStore(old) as s:
-        assert s.schema_version == 2
+        assert s.schema_version == 3
         run = s.get_run("20261130-120000-abcdef")
         assert run.status == "complete" and run.kind == "audit"
         assert run.provenance["git_revision"] == "456c155"  # the v1 "environment" column
@@ -279,16 +279,53 @@ def test_heartbeat_keeps_the_lease_fresh(store: RunStore, monkeypatch: pytest.Mo
 
 
 def test_a_lost_lease_stops_the_old_owner(store: RunStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from advlab.errors import LeaseLost
+    from advlab.store import StoreSink
+
     monkeypatch.setattr(lease_mod, "HEARTBEAT_SECONDS", 0.05)
-    interrupted: list[bool] = []
-    monkeypatch.setattr(lease_mod._thread, "interrupt_main", lambda: interrupted.append(True))
     got = claim(store, "audit", {"l": 1}, {})
+    sink = StoreSink(store, got.run_id, owner=lease_mod.owner_id())
+    cell = Cell("pgd", "linf", 0.1)
+    sink.write(cell, [rec(0)])
     with Heartbeat(store.path, got.run_id) as beat:
         # another process took the run over (this one looked dead to it)
         store._conn.execute("UPDATE runs SET owner = 'elsewhere:1:x' WHERE id = ?", (got.run_id,))
         store._conn.commit()
         time.sleep(0.4)
-    assert beat.lost and interrupted
+    assert beat.lost
+    with pytest.raises(LeaseLost, match="owned by another process"):
+        sink.write(cell, [rec(1)])  # the old owner's next batch stops it
+    assert set(sink.stored(cell)) == {0}
     # and the old owner cannot mark the new owner's run finished
     assert not store.finish_run(got.run_id, "failed", owner=lease_mod.owner_id())
     assert store.get_run(got.run_id).status == "running"
+
+
+def test_a_claim_that_waited_reuses_the_run_that_completed_meanwhile(store: RunStore) -> None:
+    cfg = {"w": 1}
+    first = claim(store, "audit", cfg, {})
+    assert claim(store, "audit", cfg, {}).action == "wait"
+    store.finish_run(first.run_id, "complete")  # the owner finishes between two looks
+    again = claim(store, "audit", cfg, {}, waiting_for=first.run_id)
+    assert (again.action, again.run_id) == ("reuse", first.run_id)
+
+
+def test_a_version_2_file_is_migrated_in_place(tmp_path: Path) -> None:
+    old = tmp_path / "v2.sqlite"
+    c = sqlite3.connect(old)
+    c.executescript((Path(__file__).parent / "data" / "store_v2.sql").read_text())
+    c.close()
+    with RunStore(old) as s:
+        assert s.schema_version == 3
+        eid = s.find_cell("20261130-140000-aaaaaa", "pgd", "linf", 0.1)
+        assert eid is not None
+        recs = s.records(eid)
+        assert [r.index for r in recs] == [0, 1, 2] and all(r.stopped is None for r in recs)
+        assert recs[0].extras == {"x": 1.0} and recs[0].shard == 0
+        s.add_records(eid, [rec(7, stopped="per-sample query budget of 5 reached")])
+        assert s.records(eid)[-1].stopped is not None
+        (summary,) = s.summaries("20261130-140000-aaaaaa")
+        assert summary.stopped == 0 and summary.queries == 12
+    fresh = tmp_path / "fresh.sqlite"
+    RunStore(fresh).close()
+    assert columns(old) == columns(fresh)

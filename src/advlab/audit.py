@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,9 +28,10 @@ from advlab.attacks import get_attack
 from advlab.attacks.base import probe
 from advlab.data import Dataset, load_dataset
 from advlab.defenses import TrainConfig, train_and_save
-from advlab.errors import ConfigError
+from advlab.errors import ConfigError, LeaseLost
 from advlab.evaluate import AttackConfig, EvalConfig, Evaluation, evaluate
 from advlab.evaluate.engine import summary as run_summary
+from advlab.fileio import check_writable_folder
 from advlab.models import load_model
 from advlab.oracle import ModuleOracle
 from advlab.paths import cache_dir
@@ -156,19 +156,7 @@ def _emit(progress: Progress | None, **event: Any) -> None:
 
 def check_out_dir(out_dir: Path) -> Path:
     """Fail at the door when the report folder cannot be created or written."""
-    out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a folder; pass a folder for the reports")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe_file = out / f".advlab-write-test-{os.getpid()}"
-        probe_file.write_bytes(b"")
-        probe_file.unlink()
-    except OSError as e:
-        raise ConfigError(
-            f"cannot write reports to --out {out} ({e.strerror or e}); pass a writable folder"
-        ) from None
-    return out
+    return check_writable_folder(out_dir, f"--out {out_dir}")
 
 
 def prepare_model(cfg: AuditConfig, progress: Progress | None) -> tuple[nn.Module, dict[str, Any]]:
@@ -222,20 +210,20 @@ def run_audit(
     config = cfg.to_dict()
     config["model_sha256"] = model_info.get("weights_sha256")
     provenance = capture(seed=cfg.seed, config=config)
-    waited = False
+    waited: str | None = None
     while True:
-        got = claim(store, "audit", config, provenance)
+        got = claim(store, "audit", config, provenance, waiting_for=waited)
+        if got.action == "reuse":
+            return _reuse(cfg, store, got.run_id, out_dir, model, model_info, test, progress)
         if got.action != "wait":
             break
-        if not waited:
+        if waited is None:
             _emit(progress, stage="wait", message=(
                 f"an identical audit is running (run {got.run_id}, process {got.owner}); waiting "
                 f"for it to finish (its lease expires {STALE_SECONDS:.0f} s after its owner stops)"
             ))  # fmt: skip
-            waited = True
+        waited = got.run_id
         time.sleep(WAIT_POLL_SECONDS)
-        if store.get_run(got.run_id).status == "complete":
-            return _reuse(cfg, store, got.run_id, out_dir, model, model_info, test, progress)
     run_id = got.run_id
     if got.action == "resume":
         _emit(progress, stage="resume", message=f"resuming interrupted run {run_id}")
@@ -246,16 +234,19 @@ def run_audit(
             ev = evaluate(
                 oracle, test, cfg.attack_configs(), cfg.threats(),
                 EvalConfig(batch_size=cfg.batch_size, seed=cfg.seed),
-                sink=StoreSink(store, run_id), progress=progress, provenance=provenance,
+                sink=StoreSink(store, run_id, owner=me), progress=progress, provenance=provenance,
             )  # fmt: skip
             html, js = _reports(cfg, run_id, ev, model_info, test, splits.meta, out_dir, t0)
+    except LeaseLost:
+        raise  # the run belongs to another process now: its status is not ours to set
     except KeyboardInterrupt:
         store.finish_run(run_id, "interrupted", owner=me)
         raise
     except BaseException as e:
         store.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}"[:2000], owner=me)
         raise
-    store.finish_run(run_id, "complete", {**run_summary(ev), "report": str(html)}, owner=me)
+    summary = {**run_summary(ev), "report": str(html.resolve())}
+    store.finish_run(run_id, "complete", summary, owner=me)
     return AuditOutcome(run_id, ev, model_info, html, js)
 
 

@@ -48,3 +48,8 @@ class BudgetExhausted(AdvlabError):
     Attacks catch it and return what they found so far, with the reason in
     :attr:`advlab.results.AttackResult.stopped`.
     """
+
+
+class LeaseLost(AdvlabError):
+    """Another process took over a run this process was writing (this one had stalled past its
+    lease); the run and its results now belong to the other process."""

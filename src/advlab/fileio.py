@@ -45,3 +45,29 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically (:func:`advlab.serialize.plain`)."""
     return atomic_write_text(path, pretty_json(obj))
+
+
+def check_writable_folder(folder: str | os.PathLike[str], what: str) -> Path:
+    """Create ``folder`` if needed and check that files can be written in it, before any work.
+
+    Args:
+        what: how the user named it, for the message (e.g. ``"--out advlab-out"``).
+
+    Raises:
+        ConfigError: naming the folder, the problem and the fix.
+    """
+    from advlab.errors import ConfigError
+
+    out = Path(folder).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{what}: {out} is a file, not a folder; pass a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".advlab-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(
+            f"{what}: cannot write to {out} ({e.strerror or e}); pass a writable folder"
+        ) from None
+    return out

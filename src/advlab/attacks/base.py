@@ -57,8 +57,9 @@ from advlab.threat import ThreatModel, check_inputs
 Algorithm = Callable[..., "Mapping[str, Tensor] | None"]
 #: ``check(threat, **params)``: raises ConfigError for bad hyper-parameter values.
 Check = Callable[..., None]
-#: ``resolve(threat, params) -> params``: fills defaults that depend on the threat model.
-Resolve = Callable[[ThreatModel, "dict[str, Any]"], "dict[str, Any]"]
+#: ``resolve(threat, params) -> params``: fills defaults; called with ``threat=None`` for what
+#: does not depend on the threat model (presets), then with the threat model when ``eps > 0``.
+Resolve = Callable[["ThreatModel | None", "dict[str, Any]"], "dict[str, Any]"]
 #: ``extras(x, x_adv) -> {name: (B,) tensor}``: per-sample numbers derived from the output.
 Extras = Callable[[Tensor, Tensor], "dict[str, Tensor]"]
 AttackFn = Callable[..., AttackResult]
@@ -248,7 +249,8 @@ class AttackSpec:
         return self.fn(model, x, y, threat, **kw)
 
     def resolve(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """``params`` checked against the known hyper-parameters, defaults filled in."""
+        """``params`` checked against the known hyper-parameters, defaults filled in (presets
+        too: what an evaluation stores is what runs)."""
         unknown = sorted(set(params) - set(self.defaults))
         if unknown:
             call = [k for k in unknown if k in CALL_ARGS]
@@ -257,7 +259,10 @@ class AttackSpec:
                 f"attack {self.name!r} does not take {', '.join(map(repr, unknown))}{why}; its "
                 f"parameters are {', '.join(self.defaults) or '(none)'}"
             )
-        return {**self.defaults, **params}
+        merged = {**self.defaults, **params}
+        if self.resolve_defaults is not None:  # what does not depend on the threat model
+            merged = self.resolve_defaults(None, merged)
+        return merged
 
 
 def _defaults(algorithm: Algorithm) -> dict[str, Any]:
@@ -291,9 +296,10 @@ def register_attack(
         targeted: it accepts ``target``.
         check: ``check(threat, **params)`` validating hyper-parameter values at the door.
         extras: ``extras(x, x_adv)``, per-sample numbers computed from the final output.
-        resolve: ``resolve(threat, params) -> params`` replacing ``None`` defaults that depend
-            on the threat model (PGD's step size) by their values, so that the algorithm gets
-            and the result records exactly what ran.
+        resolve: ``resolve(threat, params) -> params`` replacing ``None`` defaults by their
+            values, so that the algorithm gets and the result records exactly what ran: called
+            with ``threat=None`` for presets (C&W's budget), then with the threat model for what
+            depends on it (PGD's step size).
     """
 
     def deco(algorithm: Algorithm) -> AttackFn:

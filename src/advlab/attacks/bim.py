@@ -45,7 +45,9 @@ def _check_bim(
     )  # fmt: skip
 
 
-def _resolve_bim(threat: ThreatModel, params: dict[str, Any]) -> dict[str, Any]:
+def _resolve_bim(threat: ThreatModel | None, params: dict[str, Any]) -> dict[str, Any]:
+    if threat is None:
+        return params
     out = dict(params)
     if out["steps"] is None:
         out["steps"] = kurakin_steps(threat)

@@ -9,7 +9,9 @@ it is never negative::
 
 with ``Z`` the logits and ``kappa`` the confidence (:func:`advlab.attacks.base.margin`; the other
 logits are maxed over by masking the own class with ``-inf``). An iterate *succeeds* when
-``margin >= kappa`` and ``margin > 0``.
+``margin >= max(kappa, noise floor)`` (:func:`advlab.attacks.base.decisive`: a margin of 1e-3 of
+the two logits compared, so the answer holds in any batch), and the objective uses that same
+``kappa' = max(kappa, noise floor)`` in place of ``kappa``.
 
 **Change of variables.** The box ``[lower, upper]`` is enforced as in the paper, by optimizing a
 variable ``w`` through ``tanh``. With ``s = (upper - lower) / 2``, ``z = (x - lower) / s - 1`` and
@@ -231,7 +233,11 @@ def _check_l2(
         raise ConfigError(f"momentum must be in [0, 1), got {momentum!r}")
 
 
-def _resolve_l2(threat: ThreatModel, params: dict[str, Any]) -> dict[str, Any]:
+def _resolve_l2(threat: ThreatModel | None, params: dict[str, Any]) -> dict[str, Any]:
+    if params["preset"] not in CW_L2_PRESETS:
+        raise ConfigError(
+            f"unknown preset {params['preset']!r}; use one of {', '.join(CW_L2_PRESETS)}"
+        )
     preset = CW_L2_PRESETS[params["preset"]]
     return {**params, **{k: v for k, v in preset.items() if params[k] is None}}
 
@@ -742,7 +748,9 @@ def cw_l0(
     # reset negligible changes where the result stays a success (one query per success)
     with torch.no_grad():
         rows = torch.nonzero(torch.isfinite(best_s) & (best_s > 0)).squeeze(1)
-        if rows.numel() and (not run.limited or bool(run.affordable(rows).all())):
+        if rows.numel() and run.limited:
+            rows = rows[run.affordable(rows)]
+        if rows.numel():
             cur = best[rows]
             tiny = (cur - x[rows]).abs() <= _L0_TOL * span
             if x.dim() >= 3:

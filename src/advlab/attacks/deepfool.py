@@ -171,7 +171,7 @@ def _least_overshoot(run: AttackRun, r_tot: Tensor, overshoot: float, refine: in
             (x_adv != x).flatten(1).any(dim=1) & (x_adv == full).flatten(1).all(dim=1)
         ).squeeze(1)
         hi = torch.full((sel.numel(),), 1.0 + overshoot, dtype=torch.float64, device=x.device)
-        lo = torch.full_like(hi, 1.0 - overshoot)
+        lo = torch.full_like(hi, max(0.0, 1.0 - overshoot))
         probes = [lo.clone()] + [None] * refine  # the bracket's lower end, then bisections
         for probe in probes:
             if run.limited and sel.numel():

@@ -122,8 +122,8 @@ def _check_pgd(
             raise ConfigError(f"step_size must be finite, got {step_size!r}")
 
 
-def _resolve_pgd(threat: ThreatModel, params: dict[str, Any]) -> dict[str, Any]:
-    if params["step_size"] is None:
+def _resolve_pgd(threat: ThreatModel | None, params: dict[str, Any]) -> dict[str, Any]:
+    if threat is not None and params["step_size"] is None:
         return {**params, "step_size": 2.5 * threat.eps / params["steps"]}
     return params
 
@@ -189,6 +189,13 @@ def pgd(
         start = random_start or r > 0
         xr = threat.random_start(xs, run.rng, idx) if start else xs.clone()
         for t in range(steps + 1):
+            if run.limited:  # samples out of query budget stop here, keeping their best iterate
+                fits = run.affordable(idx)
+                if not bool(fits.all()):
+                    idx, xs, ys, xr = idx[fits], xs[fits], ys[fits], xr[fits]
+                    ts = ts[fits] if ts is not None else None
+                    if idx.numel() == 0:
+                        break
             last = t == steps
             xr.requires_grad_(not last)
             logits = run.scores(xr, idx, grad=not last)

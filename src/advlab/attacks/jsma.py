@@ -148,10 +148,8 @@ def jsma(
     if threat.bounded:
         budget = min(budget, int(threat.eps))
     flat = x.reshape(b, d)
-    tgt = target
-    if tgt is None:
-        logits0 = run.scores(x)
-        tgt = logits0.scatter(1, y[:, None], float("-inf")).argmax(dim=1)
+    tgt = target if target is not None else torch.empty_like(y)
+    pick_runner_up = target is None  # chosen from the first query's logits (the clean input)
     increase = theta > 0
     cur = flat.clone()
     out = run.best.view(b, d)
@@ -163,6 +161,9 @@ def jsma(
                 break
         xa = cur[idx].view(-1, *x.shape[1:]).requires_grad_(True)
         z = run.scores(xa, idx, grad=True)
+        if pick_runner_up:
+            tgt[idx] = z.detach().scatter(1, y[idx][:, None], float("-inf")).argmax(dim=1)
+            pick_runner_up = False
         hit = decisive(z, y[idx], None if target is None else tgt[idx])
         out[idx[hit]] = cur[idx[hit]]
         rows = cur[idx]

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from advlab import __version__
-from advlab.errors import AdvlabError
+from advlab.errors import AdvlabError, ConfigError
 
 # Piped output (CI logs, files) gets a wide table instead of rich's 80-column default.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
@@ -198,7 +198,8 @@ def audit(model: str, factory: str | None, data: str, data_dir: str | None, norm
     ev = res.evaluation
     lo, hi = ev.clean_ci
     source = str(res.model_info.get("source", ""))
-    shown = model if source in ("", model) else f"{model} ({source})"
+    same = not source or Path(model).expanduser().resolve() == Path(source).expanduser().resolve()
+    shown = model if same else f"{model} ({source})"
     stdout.print(f"model: {shown}", highlight=False, markup=False)
     stdout.print(f"data: {data}, {ev.n} test samples; clean accuracy {ev.clean_accuracy:.2%} "
                  f"(95% CI {lo:.2%}-{hi:.2%})", highlight=False, markup=False)  # fmt: skip
@@ -217,8 +218,8 @@ def summary_table(ev: Any) -> Table:
         table.add_column(col, justify="left" if col == "attack" else "right", no_wrap=True)
     for r in ev.summaries:
         table.add_row(
-            escape(r.attack), f"{r.eps:g}", f"{r.robust_accuracy:.1%}",
-            f"{r.ci_low:.1%}-{r.ci_high:.1%}", _pct(r.success_rate), _num(r.median_norm),
+            escape(r.attack), f"{r.eps:.4g}", f"{r.robust_accuracy:.1%}",
+            f"{r.ci_low:.1%}-{r.ci_high:.1%}", _pct(r.success_rate), _num(r.median_norm, ".4g"),
             _seconds(r.wall_time),
         )  # fmt: skip
     return table
@@ -273,7 +274,12 @@ def train_cmd(model: str, data: str, data_dir: str | None, recipe: str, epochs: 
     cfg = TrainConfig.from_dict({**_TD, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                                  "optimizer": optimizer, "scheduler": scheduler, "seed": seed,
                                  "recipe": recipe})  # fmt: skip
+    from advlab.fileio import check_writable_folder
+
     dest = Path(out) if out else Path(f"{model}-{data}.safetensors")
+    if dest.is_dir():
+        raise ConfigError(f"--out {dest} is a folder; pass the file to save the model to")
+    check_writable_folder(dest.parent, f"--out {dest}")
     with _Bar() as bar:
         _, meta = train_and_save(model, data, cfg, dest, data_dir=data_dir, resume=resume,
                                  progress=bar)  # fmt: skip

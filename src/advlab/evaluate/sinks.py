@@ -119,7 +119,9 @@ class JsonlSink(MemorySink):
     """A sink that appends one JSON line per batch to a file and reads it back on open.
 
     Each line is ``{"cell": {...}, "records": [...], "wall_time": s, "examples": [...]}`` or
-    ``{"summaries": [...]}``. A line cut short by a crash is ignored (its batch is recomputed).
+    ``{"summaries": [...]}``. A last line cut short by a crash is ignored (its batch is
+    recomputed) and removed before this sink's first write; opening a file only to read it
+    never changes it.
 
     Args:
         path: the file; created with its folder if missing.
@@ -129,15 +131,15 @@ class JsonlSink(MemorySink):
         super().__init__()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._torn_at: int | None = None
         if self.path.exists():
             self._load()
 
     def _load(self) -> None:
         data = self.path.read_bytes()
         complete = data[: data.rfind(b"\n") + 1]
-        if len(complete) < len(data):  # a line torn by a crash: cut it, its batch is recomputed
-            with open(self.path, "r+b") as fh:
-                fh.truncate(len(complete))
+        if len(complete) < len(data):  # a line torn by a crash: cut before the next write
+            self._torn_at = len(complete)
         lines = complete.decode("utf-8").splitlines()
         for n, line in enumerate(lines, 1):
             try:
@@ -154,6 +156,10 @@ class JsonlSink(MemorySink):
                 super().write(cell, recs, wall_time=item.get("wall_time", 0.0), examples=exs)
 
     def _append(self, item: dict[str, Any]) -> None:
+        if self._torn_at is not None:  # writing: the torn line goes (reading left it alone)
+            with open(self.path, "r+b") as fh:
+                fh.truncate(self._torn_at)
+            self._torn_at = None
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(plain(item), allow_nan=False) + "\n")
             fh.flush()

@@ -18,7 +18,6 @@ must wait for a live identical one.
 
 from __future__ import annotations
 
-import _thread
 import logging
 import os
 import secrets
@@ -80,7 +79,8 @@ class Claim:
 
     Attributes:
         action: ``"new"`` (a run was created), ``"resume"`` (an abandoned identical run was
-            taken over) or ``"wait"`` (a live process holds an identical run).
+            taken over), ``"wait"`` (a live process holds an identical run) or ``"reuse"`` (the
+            run waited for has completed).
         run_id: the run created, resumed, or held by the other process.
         owner: for ``"wait"``, the other process's owner id.
     """
@@ -91,13 +91,28 @@ class Claim:
 
 
 def claim(
-    store: RunStore, kind: str, config: Mapping[str, Any], provenance: Mapping[str, Any]
+    store: RunStore,
+    kind: str,
+    config: Mapping[str, Any],
+    provenance: Mapping[str, Any],
+    *,
+    waiting_for: str | None = None,
 ) -> Claim:
-    """Start, resume or wait for a run of ``kind`` with ``config`` (module docstring)."""
+    """Start, resume or wait for a run of ``kind`` with ``config`` (module docstring).
+
+    Args:
+        waiting_for: the live run an earlier claim said to wait for; if it has completed since,
+            the claim says ``"reuse"`` (decided in the same transaction, so a run that finishes
+            between two looks is never missed).
+    """
     me = owner_id()
     text = canonical_json(config)
 
     def decide(c: sqlite3.Connection) -> Claim:
+        if waiting_for is not None:
+            row = c.execute("SELECT status FROM runs WHERE id = ?", (waiting_for,)).fetchone()
+            if row is not None and row["status"] == "complete":
+                return Claim("reuse", waiting_for)
         rows = c.execute(
             "SELECT * FROM runs WHERE kind = ? AND status != 'complete' AND config = ? "
             "ORDER BY rowid DESC",
@@ -132,8 +147,9 @@ class Heartbeat:
     """Keeps a run's lease alive from a background thread while the ``with`` block runs.
 
     If the lease is found taken over (this process stalled past :data:`STALE_SECONDS` and
-    another resumed the run), the main thread is interrupted (``KeyboardInterrupt``) and
-    :attr:`lost` is set; the run's status then belongs to the new owner.
+    another resumed the run), :attr:`lost` is set and the beat stops; the owner-checked writes
+    of :class:`~advlab.store.StoreSink` then raise :class:`~advlab.errors.LeaseLost`, so the old
+    owner stops at its next batch, and its ``finish_run(owner=...)`` leaves the run alone.
 
     Args:
         path: the store file (the thread opens its own connection).
@@ -163,13 +179,12 @@ class Heartbeat:
                 except sqlite3.Error as e:
                     log.warning("heartbeat of run %s failed: %s", self.run_id, e)
                     continue
-                if cur.rowcount == 0:  # another process took the run over: stop working on it
+                if cur.rowcount == 0:  # another process took the run over
                     self.lost = True
                     log.error(
                         "lost the lease of run %s to another process (this one stalled for "
-                        "over %.0f s); stopping", self.run_id, STALE_SECONDS,
+                        "over %.0f s); its next write will stop it", self.run_id, STALE_SECONDS,
                     )  # fmt: skip
-                    _thread.interrupt_main()
                     return
         finally:
             conn.close()

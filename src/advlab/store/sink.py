@@ -15,12 +15,16 @@ class StoreSink:
     Args:
         store: the open store.
         run_id: the run to write into (it must exist).
+        owner: the lease holder this process is (:func:`advlab.store.lease.owner_id`); every
+            write then checks that it still holds the run and raises
+            :class:`~advlab.errors.LeaseLost` if another process took it over.
     """
 
-    def __init__(self, store: RunStore, run_id: str) -> None:
+    def __init__(self, store: RunStore, run_id: str, *, owner: str | None = None) -> None:
         store.get_run(run_id)  # UnknownNameError for a wrong id
         self.store = store
         self.run_id = run_id
+        self.owner = owner
         self._ids: dict[tuple[str, str, float], int] = {}
 
     def _id(self, cell: Cell, *, create: bool = True) -> int | None:
@@ -47,7 +51,9 @@ class StoreSink:
     ) -> None:
         eid = self._id(cell)
         assert eid is not None
-        self.store.add_records(eid, records, wall_time=wall_time, examples=examples)
+        self.store.add_records(
+            eid, records, wall_time=wall_time, examples=examples, owner=self.owner
+        )
 
     def examples(self, cell: Cell) -> list[Example]:
         eid = self._id(cell, create=False)

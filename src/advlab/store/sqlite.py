@@ -39,14 +39,14 @@ from typing import Any
 import torch
 
 from advlab import paths
-from advlab.errors import CheckpointError, ConfigError, UnknownNameError
+from advlab.errors import CheckpointError, ConfigError, LeaseLost, UnknownNameError
 from advlab.results import Cell, Example, SampleRecord, Summary
 from advlab.serialize import canonical_json, from_plain_float
 
 log = logging.getLogger(__name__)
 
 #: Version of the table layout written by this code.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: The states a run can be in.
 STATUSES: tuple[str, ...] = ("running", "complete", "failed", "interrupted")
@@ -127,14 +127,19 @@ def _v1_to_v2(c: sqlite3.Connection) -> None:
     for col in ("error TEXT", "owner TEXT", "heartbeat REAL"):
         c.execute(f"ALTER TABLE runs ADD COLUMN {col}")
     c.execute("ALTER TABLE evaluations ADD COLUMN robust INTEGER")
-    c.execute("ALTER TABLE evaluations ADD COLUMN stopped INTEGER")
     c.execute(
         "UPDATE evaluations SET robust = CAST(ROUND(robust_accuracy * n) AS INTEGER) "
         "WHERE robust_accuracy IS NOT NULL AND n IS NOT NULL"
     )
-    for col in ("target INTEGER", "extras TEXT", "stopped TEXT", "certified REAL", "shard INTEGER"):
+    for col in ("target INTEGER", "extras TEXT", "certified REAL", "shard INTEGER"):
         c.execute(f"ALTER TABLE samples ADD COLUMN {col}")
     _script(c, _SCHEMA[_SCHEMA.index("CREATE TABLE examples") :])
+
+
+def _v2_to_v3(c: sqlite3.Connection) -> None:
+    """Version 3: which samples a query budget stopped (per record, and counted per row)."""
+    c.execute("ALTER TABLE evaluations ADD COLUMN stopped INTEGER")
+    c.execute("ALTER TABLE samples ADD COLUMN stopped TEXT")
 
 
 def _script(c: sqlite3.Connection, sql: str) -> None:
@@ -146,7 +151,7 @@ def _script(c: sqlite3.Connection, sql: str) -> None:
 
 
 #: ``MIGRATIONS[v]`` upgrades a version-``v`` file to version ``v + 1``.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -576,10 +581,18 @@ class RunStore:
         *,
         wall_time: float = 0.0,
         examples: Sequence[Example] = (),
+        owner: str | None = None,
     ) -> int:
         """Insert (or replace) per-sample records, and any examples kept with them, in one
         transaction, adding ``wall_time`` (the seconds they took) to the evaluation's total.
-        Returns the number of records written."""
+        Returns the number of records written.
+
+        Args:
+            owner: write only if this process still holds the run's lease.
+
+        Raises:
+            LeaseLost: another process owns the run now (nothing was written).
+        """
         data = [
             (
                 evaluation_id, r.index, r.label, r.clean_pred, r.adv_pred, int(r.success),
@@ -589,6 +602,8 @@ class RunStore:
             for r in records
         ]  # fmt: skip
         with self._tx() as c:
+            if owner is not None:
+                self._check_owner(c, evaluation_id, owner)
             try:
                 c.executemany(
                     "INSERT OR REPLACE INTO samples (evaluation_id, idx, label, clean_pred, "
@@ -609,6 +624,17 @@ class RunStore:
                     (float(wall_time), evaluation_id),
                 )
         return len(data)
+
+    def _check_owner(self, c: sqlite3.Connection, evaluation_id: int, owner: str) -> None:
+        row = c.execute(
+            "SELECT r.id, r.owner FROM runs r JOIN evaluations e ON e.run_id = r.id WHERE e.id = ?",
+            (evaluation_id,),
+        ).fetchone()
+        if row is not None and row["owner"] != owner:
+            raise LeaseLost(
+                f"run {row['id']} is now owned by another process ({row['owner']}): this one "
+                "stalled past its lease and stopped; the run and its results are the other's"
+            )
 
     def records(self, evaluation_id: int) -> list[SampleRecord]:
         """The stored records of an evaluation, ordered by dataset index."""
