@@ -72,6 +72,7 @@ import torch
 from torch import Tensor, nn
 
 import advlab
+from _common import predict
 from advlab import ThreatModel
 from advlab.attacks import get_attack
 from advlab.data import load_dataset
@@ -95,11 +96,6 @@ class Unsupported(Exception):
 
 # ---------------------------------------------------------------------------------------------
 # verification: every library's output is judged by the same code
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: Tensor, batch: int = 1000) -> Tensor:
-    return torch.cat([model(x[i : i + batch]).argmax(dim=1) for i in range(0, len(x), batch)])
 
 
 @torch.no_grad()

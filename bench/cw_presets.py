@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
+from _common import first_correct, load_frozen
 from advlab import ThreatModel
 from advlab.attacks import cw_l2
 from advlab.data import load_dataset
 from advlab.fileio import atomic_write_json
-from advlab.models import load_model
 
 REPO = Path(__file__).resolve().parent.parent
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -94,16 +94,8 @@ def main() -> None:
     test = load_dataset("mnist", data_dir=a.data_dir).test
     out: dict[str, Any] = {}
     for path in a.models.split(","):
-        model, _ = load_model(path)
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        with torch.no_grad():
-            pred = torch.cat(
-                [model(test.x[i : i + 1000]).argmax(1) for i in range(0, len(test), 1000)]
-            )
-        idx = torch.nonzero(pred == test.y).squeeze(1)[: a.n]
-        x, y = test.x[idx].contiguous(), test.y[idx].contiguous()
+        model = load_frozen(path)
+        x, y, _ = first_correct(model, test, a.n)
         name = Path(path).stem
         print(f"\n== {name}: first {len(x)} correctly classified MNIST test digits")
         res: dict[str, Any] = {}

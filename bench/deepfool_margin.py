@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 import advlab.attacks.base as base
+from _common import first_correct, load_frozen
 from advlab import ThreatModel
 from advlab.attacks import deepfool
 from advlab.data import load_dataset
-from advlab.models import load_model
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,15 +40,8 @@ def main() -> None:
     torch.set_num_threads(1)
     import foolbox as fb
 
-    model, _ = load_model(a.model)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    test = load_dataset("mnist", data_dir=a.data_dir).test
-    with torch.no_grad():
-        pred = torch.cat([model(test.x[i : i + 1000]).argmax(1) for i in range(0, len(test), 1000)])
-    idx = torch.nonzero(pred == test.y).squeeze(1)[: a.n]
-    x, y = test.x[idx].contiguous(), test.y[idx].contiguous()
+    model = load_frozen(a.model)
+    x, y, _ = first_correct(model, load_dataset("mnist", data_dir=a.data_dir).test, a.n)
     attack = fb.attacks.L2DeepFoolAttack(steps=50, candidates=10, overshoot=0.02)
     _, adv, ok = attack(fb.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=None)
     nf, mf = (adv - x).flatten(1).norm(dim=1), margins(model, adv, y)

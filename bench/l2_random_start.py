@@ -42,11 +42,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from _common import first_correct, load_frozen
 from advlab import ThreatModel
 from advlab.attacks import pgd
 from advlab.data import load_dataset
 from advlab.fileio import atomic_write_json
-from advlab.models import load_model
 from advlab.rng import SampleRNG
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,15 +116,8 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
-    model, _ = load_model(a.model)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    test = load_dataset("mnist", data_dir=a.data_dir).test
-    with torch.no_grad():
-        pred = torch.cat([model(test.x[i : i + 1000]).argmax(1) for i in range(0, len(test), 1000)])
-    idx = torch.nonzero(pred == test.y).squeeze(1)[: a.n]
-    x, y = test.x[idx].contiguous(), test.y[idx].contiguous()
+    model = load_frozen(a.model)
+    x, y, idx = first_correct(model, load_dataset("mnist", data_dir=a.data_dir).test, a.n)
     dim = x[0].numel()
     print(f"model {a.model}; {len(x)} correctly classified MNIST test images; d = {dim}; "
           f"PGD-L2 eps={a.eps} step={a.step} steps={a.steps} loss={a.loss}; threads={torch.get_num_threads()}")  # fmt: skip

@@ -33,7 +33,7 @@ from advlab.evaluate import AttackConfig, EvalConfig, Evaluation, evaluate
 from advlab.evaluate.engine import summary as run_summary
 from advlab.fileio import check_writable_folder
 from advlab.models import load_model
-from advlab.oracle import ModuleOracle
+from advlab.oracle import ModuleOracle, Oracle
 from advlab.paths import cache_dir
 from advlab.provenance import capture
 from advlab.registry import MODELS
@@ -214,7 +214,7 @@ def run_audit(
     while True:
         got = claim(store, "audit", config, provenance, waiting_for=waited)
         if got.action == "reuse":
-            return _reuse(cfg, store, got.run_id, out_dir, model, model_info, test, progress)
+            return _reuse(cfg, store, got.run_id, out_dir, oracle, model_info, test, progress)
         if got.action != "wait":
             break
         if waited is None:
@@ -231,11 +231,8 @@ def run_audit(
     me = owner_id()
     try:
         with Heartbeat(store.path, run_id):
-            ev = evaluate(
-                oracle, test, cfg.attack_configs(), cfg.threats(),
-                EvalConfig(batch_size=cfg.batch_size, seed=cfg.seed),
-                sink=StoreSink(store, run_id, owner=me), progress=progress, provenance=provenance,
-            )  # fmt: skip
+            ev = _evaluate(cfg, oracle, test, StoreSink(store, run_id, owner=me), provenance,
+                           progress)  # fmt: skip
             html, js = _reports(cfg, run_id, ev, model_info, test, splits.meta, out_dir, t0)
     except LeaseLost:
         raise  # the run belongs to another process now: its status is not ours to set
@@ -248,6 +245,22 @@ def run_audit(
     summary = {**run_summary(ev), "report": str(html.resolve())}
     store.finish_run(run_id, "complete", summary, owner=me)
     return AuditOutcome(run_id, ev, model_info, html, js)
+
+
+def _evaluate(
+    cfg: AuditConfig,
+    oracle: Oracle,
+    test: Dataset,
+    sink: StoreSink,
+    provenance: dict[str, Any],
+    progress: Progress | None,
+) -> Evaluation:
+    """The audit's evaluation: computed into ``sink``, or read back where it holds everything."""
+    return evaluate(
+        oracle, test, cfg.attack_configs(), cfg.threats(),
+        EvalConfig(batch_size=cfg.batch_size, seed=cfg.seed), sink=sink, progress=progress,
+        provenance=provenance,
+    )  # fmt: skip
 
 
 def _reports(
@@ -279,7 +292,7 @@ def _reuse(
     store: RunStore,
     run_id: str,
     out_dir: Path,
-    model: nn.Module,
+    oracle: Oracle,
     model_info: dict[str, Any],
     test: Dataset,
     progress: Progress | None,
@@ -288,10 +301,6 @@ def _reuse(
     (read from the store: nothing is recomputed and the reports are not written again)."""
     run = store.get_run(run_id)
     _emit(progress, stage="reuse", message=f"reusing run {run_id}, completed by another process")
-    ev = evaluate(
-        ModuleOracle(model), test, cfg.attack_configs(), cfg.threats(),
-        EvalConfig(batch_size=cfg.batch_size, seed=cfg.seed),
-        sink=StoreSink(store, run_id), provenance=run.provenance,
-    )  # fmt: skip
+    ev = _evaluate(cfg, oracle, test, StoreSink(store, run_id), run.provenance, None)
     html = Path((run.summary or {}).get("report") or out_dir / run_id / "report.html")
     return AuditOutcome(run_id, ev, model_info, html, html.with_name("report.json"), reused=True)

@@ -89,17 +89,18 @@ def project_l1_box(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor, iters: int = 
     return torch.sign(v) * mag * scale[:, None]
 
 
-def within(norms: Tensor, norm: str, eps: float) -> Tensor:
+def within(norms: Tensor, norm: str, eps: float, slack: float | None = None) -> Tensor:
     """``norms <= eps`` up to float round-off: the one tolerance rule of advlab.
 
     A perturbation projected onto a ball of radius ``eps`` can measure a few ulps above it; it
-    counts as inside when ``norm <= eps + ATOL + RTOL * max(1, eps)``. ``l0`` counts features
-    and has no tolerance. Used by :meth:`ThreatModel.contains` and by the evaluation engine when
-    it reads a minimal attack's perturbation at each ``eps`` of a grid.
+    counts as inside when ``norm <= eps + ATOL + RTOL * max(1, eps)``, or ``eps + slack`` where
+    the caller knows the round-off is larger (half precision, :meth:`ThreatModel.contains`).
+    ``l0`` counts features and has no tolerance. Used by :meth:`ThreatModel.contains` and by the
+    evaluation engine when it reads a minimal attack's perturbation at each ``eps`` of a grid.
     """
     if norm == "l0" or not math.isfinite(eps):
         return norms <= eps
-    return norms <= eps + ATOL + RTOL * max(1.0, eps)
+    return norms <= eps + (ATOL + RTOL * max(1.0, eps) if slack is None else slack)
 
 
 @dataclass(frozen=True)
@@ -210,14 +211,13 @@ class ThreatModel:
         if not self.bounded:
             return in_box
         norms = self.norms((x_adv - x).to(torch.promote_types(x.dtype, torch.float32)))
-        inside = within(norms, self.norm, self.eps)
+        slack = None
         res = torch.finfo(x_adv.dtype).eps
         if res > 1e-6 and self.norm != "l0":  # half precision: one rounding step per feature
             step = res * max(abs(self.lower), abs(self.upper), 1.0)
             d = flat.shape[1]
-            k = {"linf": 1.0, "l2": math.sqrt(d), "l1": float(d)}[self.norm]
-            inside = norms <= self.eps + k * step
-        return in_box & inside
+            slack = {"linf": 1.0, "l2": math.sqrt(d), "l1": float(d)}[self.norm] * step
+        return in_box & within(norms, self.norm, self.eps, slack)
 
     def random_start(self, x: Tensor, rng: SampleRNG, rows: Tensor | None = None) -> Tensor:
         """A random point of the threat set around each ``x``.

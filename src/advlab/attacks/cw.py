@@ -215,20 +215,14 @@ CW_L2_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def _check_l2(
-    threat: ThreatModel, *, preset: str, confidence: float, c_init: float | None,
-    binary_search_steps: int | None, steps: int | None, lr: float | None, solver: str,
-    momentum: float, abort_early: bool, abort_stalled: bool,
+    threat: ThreatModel, *, preset: str, confidence: float, c_init: float,
+    binary_search_steps: int, steps: int, lr: float, solver: str, momentum: float,
+    abort_early: bool, abort_stalled: bool,
 ) -> None:  # fmt: skip
-    if preset not in CW_L2_PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; use one of {', '.join(CW_L2_PRESETS)}")
-    p = CW_L2_PRESETS[preset]
-    _check_common(
-        confidence, lr if lr is not None else p["lr"], steps if steps is not None else p["steps"],
-        solver,
-    )  # fmt: skip
-    bss = binary_search_steps if binary_search_steps is not None else p["binary_search_steps"]
-    check_count(binary_search_steps=bss)
-    check_positive(c_init=c_init if c_init is not None else p["c_init"])
+    # the preset is resolved before the check (_resolve_l2), so every value is concrete here
+    _check_common(confidence, lr, steps, solver)
+    check_count(binary_search_steps=binary_search_steps)
+    check_positive(c_init=c_init)
     if not 0 <= momentum < 1:
         raise ConfigError(f"momentum must be in [0, 1), got {momentum!r}")
 

@@ -230,7 +230,7 @@ def aggregate(
         for row in rows:
             if row.attack != WORST_CASE:
                 assert row.source is not None
-                if row.source is plan.clean or row.source.key == plan.clean.key:
+                if row.source.key == plan.clean.key:
                     recs = [replace(r, queries=0) for r in clean]
                     wall = 0.0
                 else:

@@ -40,7 +40,14 @@ def clean_records(
     oracle: Oracle, x: Tensor, y: Tensor, indices: Tensor, *, shard: int | None = None
 ) -> list[SampleRecord]:
     """The clean pass: one label query per sample."""
-    pred = oracle.labels(x)
+    return _unattacked(indices, y, oracle.labels(x), queries=1, shard=shard)
+
+
+def _unattacked(
+    indices: Tensor, y: Tensor, pred: Tensor, *, queries: int, shard: int | None
+) -> list[SampleRecord]:
+    """Records of samples left as they are: the prediction is the clean one, success means
+    misclassified clean, no perturbation."""
     return [
         SampleRecord(
             index=int(i),
@@ -49,7 +56,7 @@ def clean_records(
             adv_pred=int(p),
             success=p != lab,
             norm=0.0,
-            queries=1,
+            queries=queries,
             shard=shard,
         )
         for i, lab, p in zip(indices.tolist(), y.tolist(), pred.tolist(), strict=True)
@@ -83,19 +90,7 @@ def run_batch(
         shard: recorded in each record.
     """
     ok = clean_pred == y
-    records = [
-        SampleRecord(
-            index=int(i),
-            label=int(lab),
-            clean_pred=int(p),
-            adv_pred=int(p),
-            success=p != lab,
-            norm=0.0,
-            queries=0,
-            shard=shard,
-        )
-        for i, lab, p in zip(indices.tolist(), y.tolist(), clean_pred.tolist(), strict=True)
-    ]
+    records = _unattacked(indices, y, clean_pred, queries=0, shard=shard)
     pos = ok.nonzero().squeeze(1)
     if pos.numel() == 0:
         return BatchOutput(records, None, pos)
