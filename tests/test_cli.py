@@ -346,13 +346,14 @@ def test_train_builds_the_model_the_audit_caches(runner: CliRunner, tmp_path: Pa
 
     dest = tmp_path / "trained.safetensors"
     res = runner.invoke(cli, ["train", "--model", "mlp", "--data", "digits", "--epochs", "1",
-                              "--out", str(dest)])  # fmt: skip
+                              "--val-size", "0", "--out", str(dest)])  # fmt: skip
     assert res.exit_code == 0, res.output
     _, info = prepare_model(AuditConfig(model="mlp", data="digits", training={"epochs": 1}), None)
     a, b = load_file(str(dest)), load_file(info["source"])
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     _, meta = load_model(dest)
-    assert meta["recipe"] == {**TrainConfig().to_dict(), "epochs": 1}
+    resolved = {"label_smoothing": 0.0, "temperature": 1.0}
+    assert meta["recipe"] == {**TrainConfig().to_dict(), "epochs": 1, "recipe_params": resolved}
     assert meta["recipe"]["scheduler"] == "cosine"  # the audit's schedule, not "none"
 
 
@@ -376,3 +377,60 @@ def test_a_relative_model_path_is_printed_once(
     assert res.exit_code == 0, res.output
     line = next(ln for ln in res.output.splitlines() if ln.startswith("model:"))
     assert line == f"model: ./{digits_model.name}"
+
+
+def test_train_with_a_recipe_prints_robust_validation_and_the_report_plots_it(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    dest = tmp_path / "pgd.safetensors"
+    res = runner.invoke(cli, ["train", "--model", "mlp", "--data", "digits", "--epochs", "2",
+                              "--recipe", "pgd", "--param", "eps=0.1", "--param", "steps=3",
+                              "--param", "step_size=0.05", "--val-size", "100",
+                              "--out", str(dest)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("epoch ")]
+    assert len(lines) == 2
+    assert all("val acc" in ln and "val robust acc" in ln and "(linf 0.1)" in ln for ln in lines)
+    _, meta = load_model(dest)
+    assert meta["recipe"]["recipe"] == "pgd"
+    assert meta["recipe"]["recipe_params"]["steps"] == 3  # every parameter, resolved
+    assert meta["recipe"]["recipe_params"]["random_start"] is True
+    history = meta["extra"]["training"]["history"]
+    assert [r["epoch"] for r in history] == [1, 2] and history[0]["val_robust_accuracy"] >= 0
+
+    out = tmp_path / "out"
+    res = runner.invoke(cli, ["audit", "--model", str(dest), "--data", "digits", "-n", "20",
+                              "--eps", "0,0.1", "--steps", "3", "--out", str(out), "--store",
+                              str(tmp_path / "s.sqlite")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    html = next(out.rglob("report.html")).read_text()
+    assert 'id="training"' in html and "recipe <code>pgd</code>" in html
+    assert '"history"' not in html  # the history is plotted, not dumped into the header
+
+
+def test_train_rejects_bad_recipe_parameters_in_one_line(runner: CliRunner) -> None:
+    base = ["train", "--model", "mlp", "--data", "digits", "--epochs", "1"]
+    one_line_error(runner.invoke(cli, [*base, "--recipe", "pgd", "--param", "stepz=3"]),
+                   "no parameter(s) stepz", "accepts eps")  # fmt: skip
+    one_line_error(runner.invoke(cli, [*base, "--recipe", "pgd", "--param", "eps=-1"]), "eps")
+    one_line_error(runner.invoke(cli, [*base, "--recipe", "tradez"]), "unknown recipe", "trades")
+    one_line_error(runner.invoke(cli, [*base, "--recipe", "fgsm-regularized", "--param",
+                                       "alpha=2"]), "alpha")  # fmt: skip
+
+
+def test_distill_trains_a_teacher_and_a_student(runner: CliRunner, tmp_path: Path) -> None:
+    dest = tmp_path / "student.safetensors"
+    args = ["distill", "--model", "mlp", "--data", "digits", "--epochs", "1", "--temperature",
+            "10", "--val-size", "0", "--out", str(dest)]  # fmt: skip
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    teacher = tmp_path / "student-teacher.safetensors"
+    _, t_meta = load_model(teacher)
+    _, s_meta = load_model(dest)
+    assert t_meta["recipe"]["recipe_params"]["temperature"] == 10.0
+    assert s_meta["recipe"]["recipe"] == "distillation"
+    assert s_meta["recipe"]["recipe_params"] == {"teacher": str(teacher), "temperature": 10.0}
+    again = runner.invoke(cli, args)  # both finished: the teacher is reused
+    assert again.exit_code == 0 and "teacher: reusing" in again.output
+    one_line_error(runner.invoke(cli, [*args[:-1], str(tmp_path / "x.safetensors"),
+                                       "--temperature", "0"]), "temperature")  # fmt: skip

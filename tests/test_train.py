@@ -15,7 +15,6 @@ from advlab.data.base import Dataset
 from advlab.defenses import TrainConfig, build_recipe, evaluate_accuracy, train
 from advlab.errors import CheckpointError, ConfigError, DataError, UnknownNameError
 from advlab.models import Normalize, build_model
-from advlab.registry import RECIPES
 
 
 def make_data(n: int = 200, seed: int = 0, name: str = "toy") -> Dataset:
@@ -168,7 +167,11 @@ def test_checkpoint_is_one_weights_only_unit(tmp_path: Path) -> None:
     assert {"model", "optimizer", "scheduler", "position", "rng", "config", "recipe"} <= set(ckpt)
     assert ckpt["position"]["epoch"] == 0 and ckpt["position"]["step"] == 3
     assert ckpt["config"] == CFG.to_dict()
-    assert ckpt["recipe"] == {"name": "standard", "params": {"label_smoothing": 0.0}}
+    assert ckpt["recipe"] == {
+        "name": "standard",
+        "params": {"label_smoothing": 0.0, "temperature": 1.0},
+        "state": {},
+    }
     assert {"shuffle_epoch_start", "recipe", "torch"} <= set(ckpt["rng"])
     assert not [p.name for p in tmp_path.iterdir() if p.name != "c.ckpt"]  # no temp files left
 
@@ -287,15 +290,3 @@ def test_divergence_is_reported() -> None:
     cfg = TrainConfig(epochs=2, lr=1e30, optimizer="sgd", momentum=0.0, batch_size=16)
     with pytest.raises(ConfigError, match="lower the learning rate"):
         train(make_mlp(), data, cfg)
-
-
-@pytest.mark.parametrize("name", RECIPES.names())
-def test_every_recipe_gives_a_differentiable_scalar_loss(name: str) -> None:
-    data = make_data(n=16)
-    model = make_mlp()
-    out = build_recipe(name)(model, data.x, data.y, generator=torch.Generator().manual_seed(0))
-    loss = out[0] if isinstance(out, tuple) else out
-    assert loss.dim() == 0 and torch.isfinite(loss)
-    loss.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
-    assert RECIPES.describe()[name]

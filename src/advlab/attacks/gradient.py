@@ -75,26 +75,47 @@ def _check_common(threat: ThreatModel, loss: str, l1_sparsity: float) -> None:
         raise ConfigError(f"{threat.norm} gradient attacks need a finite eps, got eps=inf")
 
 
-def _check_fgsm(threat: ThreatModel, *, loss: str, l1_sparsity: float) -> None:
+def _check_fgsm(
+    threat: ThreatModel, *, loss: str, l1_sparsity: float, random_start: bool,
+    step_size: float | None,
+) -> None:  # fmt: skip
     _check_common(threat, loss, l1_sparsity)
+    if not isinstance(random_start, bool):
+        raise ConfigError(f"random_start must be True or False, got {random_start!r}")
+    if step_size is not None:
+        check_positive(step_size=step_size)
+        if not math.isfinite(step_size):
+            raise ConfigError(f"step_size must be finite, got {step_size!r}")
 
 
 @register_attack("fgsm", norms=("linf", "l2", "l1"), check=_check_fgsm)
-def fgsm(run: AttackRun, *, loss: str = "ce", l1_sparsity: float = 0.95) -> None:
+def fgsm(
+    run: AttackRun,
+    *,
+    loss: str = "ce",
+    l1_sparsity: float = 0.95,
+    random_start: bool = False,
+    step_size: float | None = None,
+) -> None:
     """Fast gradient (sign) method: one steepest-ascent step of size eps (Goodfellow et al. 2015).
 
     In L-inf this is FGSM, ``x + eps * sign(grad)``; in L2 and L1 it is the fast gradient
-    method with the norm's steepest direction (see :func:`steepest_step`).
+    method with the norm's steepest direction (see :func:`steepest_step`). With
+    ``random_start`` the step is taken from a uniform random point of the ball and projected
+    back onto it: R+FGSM (Tramer et al. 2018) and the FGSM of fast adversarial training (Wong,
+    Rice & Kolter 2020, step ``1.25 * eps``).
 
     Args:
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (C&W logit margin).
         l1_sparsity: for L1, the fraction of coordinates left out of the step.
+        random_start: step from a random point of the threat set instead of ``x``.
+        step_size: absolute step length in the threat norm; ``None``: ``eps``.
 
     Call: ``fgsm(model, x, y, threat, *, target=None, seed=0, **params)`` (every attack's call;
     see :mod:`advlab.attacks.base`): ``model`` a torch classifier returning logits (used as is,
     its train/eval mode untouched) or a white-box oracle; ``x`` ``(B, *)`` inputs in the box;
     ``y`` ``(B,)`` labels; ``target`` ``(B,)`` target classes for a targeted attack (step down
-    the target's loss). FGSM is deterministic: ``seed`` is unused.
+    the target's loss). ``seed`` draws the random start (unused without one).
 
     Returns:
         AttackResult; ``queries`` is 2 per sample (the gradient query and the verification).
@@ -104,10 +125,13 @@ def fgsm(run: AttackRun, *, loss: str = "ce", l1_sparsity: float = 0.95) -> None
         >>> res.robust_accuracy
     """
     x, threat = run.x, run.threat
-    x0 = x.clone().requires_grad_(True)
+    step = threat.eps if step_size is None else step_size
+    x0 = threat.random_start(x, run.rng) if random_start else x.clone()
+    x0.requires_grad_(True)
     obj = attack_loss(run.scores(x0, grad=True), run.y, run.target, loss).sum()
     (g,) = torch.autograd.grad(obj, x0)
-    run.best.copy_(x + threat.eps * steepest_step(g, x, threat, l1_sparsity))
+    x0 = x0.detach()
+    run.best.copy_(threat.project(x0 + step * steepest_step(g, x0, threat, l1_sparsity), x))
 
 
 def _check_pgd(

@@ -242,49 +242,145 @@ def _train_defaults() -> dict[str, Any]:
 _TD = _train_defaults()
 
 
-@cli.command("train")
-@click.option("--model", default="papernot-mnist", show_default=True, help="Zoo architecture.")
-@click.option("--data", default="mnist5k", show_default=True)
-@click.option("--data-dir", default=None)
-@click.option("--recipe", default=_TD["recipe"], show_default=True)
-@click.option("--epochs", default=_TD["epochs"], show_default=True)
-@click.option("--batch-size", default=_TD["batch_size"], show_default=True)
-@click.option("--lr", default=_TD["lr"], show_default=True)
-@click.option("--optimizer", default=_TD["optimizer"], show_default=True)
-@click.option("--scheduler", default=_TD["scheduler"], show_default=True,
-              help="none, cosine or step.")  # fmt: skip
-@click.option("--seed", default=_TD["seed"], show_default=True)
-@click.option("--out", default=None, help="Output path (default: <model>-<data>.safetensors).")
-@click.option(
-    "--resume/--no-resume",
-    default=True,
-    show_default=True,
-    help="Continue from the checkpoint beside --out if there is one.",
-)
-def train_cmd(model: str, data: str, data_dir: str | None, recipe: str, epochs: int,
-              batch_size: int, lr: float, optimizer: str, scheduler: str, seed: int,
-              out: str | None, resume: bool) -> None:  # fmt: skip
-    """Train a zoo model; checkpoints every epoch and resumes exactly after an interrupt.
+def _key_values(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
+    """``("eps=0.3", "norm=linf")`` -> ``{"eps": 0.3, "norm": "linf"}``: values are read as JSON
+    (numbers, true/false, null, lists) and otherwise kept as strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=option)
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        out[key.strip()] = value
+    return out
 
-    The defaults are those of the model `advlab audit` trains and caches, so
-    `advlab train` with no options builds the same model.
-    """
-    from advlab.defenses import TrainConfig, train_and_save
 
-    cfg = TrainConfig.from_dict({**_TD, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                                 "optimizer": optimizer, "scheduler": scheduler, "seed": seed,
-                                 "recipe": recipe})  # fmt: skip
+def _train_options(f: Any) -> Any:
+    for deco in reversed([
+        click.option("--model", default="papernot-mnist", show_default=True,
+                     help="Zoo architecture (advlab list models)."),
+        click.option("--arch-param", "arch_param", multiple=True, metavar="KEY=VALUE",
+                     help="Architecture argument, e.g. width=0.5 (repeatable)."),
+        click.option("--data", default="mnist5k", show_default=True),
+        click.option("--data-dir", default=None),
+        click.option("--epochs", default=_TD["epochs"], show_default=True),
+        click.option("--batch-size", default=_TD["batch_size"], show_default=True),
+        click.option("--lr", default=_TD["lr"], show_default=True),
+        click.option("--optimizer", default=_TD["optimizer"], show_default=True),
+        click.option("--scheduler", default=_TD["scheduler"], show_default=True,
+                     help="none, cosine, step or cyclic."),
+        click.option("--seed", default=_TD["seed"], show_default=True),
+        click.option("--val-size", default=500, show_default=True,
+                     help="Training samples held out for per-epoch clean and robust validation."),
+        click.option("--val-eps", default=None, type=float,
+                     help="Radius of the per-epoch PGD validation (default: the recipe's)."),
+        click.option("--val-norm", default=None, help="Norm of that validation."),
+        click.option("--device", default=None, help="cpu or cuda (default: cpu)."),
+        click.option("--resume/--no-resume", default=True, show_default=True,
+                     help="Continue from the checkpoint beside --out if there is one."),
+    ]):  # fmt: skip
+        f = deco(f)
+    return f
+
+
+def _train_config(o: dict[str, Any], recipe: str, params: dict[str, Any]) -> Any:
+    from advlab.defenses import TrainConfig
+
+    return TrainConfig.from_dict({
+        **_TD, "epochs": o["epochs"], "batch_size": o["batch_size"], "lr": o["lr"],
+        "optimizer": o["optimizer"], "scheduler": o["scheduler"], "seed": o["seed"],
+        "recipe": recipe, "recipe_params": params, "val_size": o["val_size"],
+        "val_eps": o["val_eps"], "val_norm": o["val_norm"],
+    })  # fmt: skip
+
+
+def _dest(out: str | None, default: str) -> Path:
     from advlab.fileio import check_writable_folder
 
-    dest = Path(out) if out else Path(f"{model}-{data}.safetensors")
+    dest = Path(out) if out else Path(default)
     if dest.is_dir():
         raise ConfigError(f"--out {dest} is a folder; pass the file to save the model to")
     check_writable_folder(dest.parent, f"--out {dest}")
+    return dest
+
+
+def _fit(o: dict[str, Any], cfg: Any, dest: Path) -> dict[str, Any]:
+    from advlab.defenses import train_and_save
+
     with _Bar() as bar:
-        _, meta = train_and_save(model, data, cfg, dest, data_dir=data_dir, resume=resume,
-                                 progress=bar)  # fmt: skip
+        _, meta = train_and_save(
+            o["model"], o["data"], cfg, dest, data_dir=o["data_dir"], resume=o["resume"],
+            progress=bar, arch_kwargs=_key_values(o["arch_param"], "--arch-param"),
+            device=o["device"],
+        )  # fmt: skip
     stdout.print(f"test accuracy {meta.get('clean_accuracy', float('nan')):.2%}; saved {dest}",
                  highlight=False, markup=False)  # fmt: skip
+    stopped = meta.get("extra", {}).get("training", {}).get("stopped")
+    if stopped:
+        stdout.print(f"stopped early: {stopped}", highlight=False, markup=False)
+    return dict(meta)
+
+
+@cli.command("train")
+@click.option("--recipe", default=_TD["recipe"], show_default=True,
+              help="Training recipe (advlab list recipes).")  # fmt: skip
+@click.option("--param", "param", multiple=True, metavar="KEY=VALUE",
+              help="Recipe parameter, e.g. eps=0.3 (repeatable).")  # fmt: skip
+@click.option("--out", default=None, help="Output path (default: <model>-<data>.safetensors).")
+@_train_options
+def train_cmd(recipe: str, param: tuple[str, ...], out: str | None, **o: Any) -> None:
+    """Train a zoo model with a recipe; checkpoints every epoch and resumes exactly.
+
+    Each epoch prints its loss, training accuracy and the clean and PGD accuracy on
+    --val-size held-out samples. With the default options (and --val-size 0) this
+    builds the same model that `advlab audit` trains and caches.
+
+    \b
+    Examples:
+      advlab train --recipe pgd --param eps=0.3 --param steps=40 --model wong-mnist
+      advlab train --recipe fast --param eps=0.3 --scheduler cyclic --lr 5e-3
+    """
+    from advlab.defenses import build_recipe
+
+    cfg = _train_config(o, recipe, _key_values(param, "--param"))
+    build_recipe(cfg.recipe, cfg.recipe_params)  # bad values fail before any work
+    dest = _dest(out, f"{o['model']}-{o['data']}.safetensors")
+    _fit(o, cfg, dest)
+
+
+@cli.command("distill")
+@click.option("--temperature", default=100.0, show_default=True, help="Distillation temperature T.")
+@click.option("--out", default=None,
+              help="Student path (default: <model>-<data>-distilled-T<T>.safetensors); the "
+              "teacher is saved beside it with -teacher.")  # fmt: skip
+@_train_options
+def distill_cmd(temperature: float, out: str | None, **o: Any) -> None:
+    """Defensive distillation (Papernot et al. 2016): a teacher trained at temperature T
+    labels the training data with its softmax at T; a student of the same architecture is
+    trained at T on those soft labels and deployed at T = 1 (its plain logits).
+
+    Both halves checkpoint and resume; a finished teacher is reused.
+    """
+    from advlab.defenses import build_recipe
+    from advlab.models import load_model
+
+    dest = _dest(out, f"{o['model']}-{o['data']}-distilled-T{temperature:g}.safetensors")
+    teacher = dest.with_name(dest.stem + "-teacher.safetensors")
+    teacher_cfg = _train_config(o, "standard", {"temperature": temperature})
+    build_recipe(teacher_cfg.recipe, teacher_cfg.recipe_params)  # bad values fail before work
+    if teacher.exists():
+        load_model(teacher)  # a corrupt file fails here, with its path
+        stdout.print(f"teacher: reusing {teacher}", highlight=False, markup=False)
+    else:
+        stdout.print(f"teacher: training at T={temperature:g}", highlight=False, markup=False)
+        _fit(o, teacher_cfg, teacher)
+    stdout.print(f"student: training on the teacher's soft labels at T={temperature:g}",
+                 highlight=False, markup=False)  # fmt: skip
+    params = {"teacher": str(teacher), "temperature": temperature}
+    _fit(o, _train_config(o, "distillation", params), dest)
 
 
 @cli.command("list")

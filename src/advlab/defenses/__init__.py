@@ -5,23 +5,34 @@ Importing this package registers every built-in recipe in :data:`advlab.registry
 
 from advlab.defenses.fit import train_and_save
 from advlab.defenses.recipes import (
-    LossFn,
+    Recipe,
+    TrainContext,
     build_recipe,
+    msd_perturb,
     recipe_params,
     register_recipe,
-    standard,
+    soft_labels,
 )
-from advlab.defenses.train import TrainConfig, TrainResult, evaluate_accuracy, train
+from advlab.defenses.train import (
+    TrainConfig,
+    TrainResult,
+    evaluate_accuracy,
+    split_validation,
+    train,
+)
 
 __all__ = [
-    "LossFn",
+    "Recipe",
     "TrainConfig",
+    "TrainContext",
     "TrainResult",
     "build_recipe",
     "evaluate_accuracy",
+    "msd_perturb",
     "recipe_params",
     "register_recipe",
-    "standard",
+    "soft_labels",
+    "split_validation",
     "train",
     "train_and_save",
 ]

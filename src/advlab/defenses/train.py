@@ -16,14 +16,22 @@ unpickling. A run interrupted at any step and resumed from its checkpoint finish
 bit-identical to those of an uninterrupted run (on the same hardware and software).
 
 Model mode: training is the one place in advlab where a model's train/eval mode is set. The loop
-puts the model in training mode for its steps (and briefly in eval mode to measure ``eval_data``
-accuracy after each epoch), and on return, or on an exception, restores every submodule's mode
-to what it was when :func:`train` was called.
+puts the model in **eval mode for the recipe's inner attack** (:meth:`Recipe.perturb`: BatchNorm
+uses its running statistics and does not update them, dropout is off) and in **train mode for the
+training loss** (:meth:`Recipe.loss`); a recipe that changes a mode is an error. Validation and
+``eval_data`` accuracy run in eval mode. On return, or on an exception, every submodule's mode is
+restored to what it was when :func:`train` was called.
+
+Robust validation: with ``val_size > 0``, that many training samples (a seeded draw) are held out
+and, after each epoch, the model's clean and PGD accuracy on them are logged beside the training
+numbers (``val_accuracy``, ``val_robust_accuracy``), against ``val_eps`` or the recipe's own
+threat model. The recipe sees the row (:meth:`Recipe.after_epoch`) and may act on it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -37,16 +45,17 @@ import torch
 from torch import Tensor, nn
 
 from advlab.data.base import DatasetLike
-from advlab.defenses.recipes import LossOutput, build_recipe, recipe_params
+from advlab.defenses.recipes import Recipe, TrainContext, build_recipe, recipe_params
 from advlab.errors import CheckpointError, ConfigError, DataError
 from advlab.fileio import atomic_write
 from advlab.models.io import state_mismatch
+from advlab.threat import ThreatModel
 
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULERS = ("none", "cosine", "step")
-CHECKPOINT_FORMAT = "advlab-train/1"
+SCHEDULERS = ("none", "cosine", "step", "cyclic")
+CHECKPOINT_FORMAT = "advlab-train/2"
 # config fields that do not change the result, so a resumed run may change them
 _RESUME_FREE = ("checkpoint_every",)
 
@@ -81,9 +90,10 @@ class TrainConfig:
         optimizer: ``"sgd"`` (with ``momentum``) or ``"adam"``.
         momentum: SGD momentum in ``[0, 1)``; ignored by Adam.
         weight_decay: L2 penalty (``>= 0``), passed to the optimizer.
-        scheduler: learning-rate schedule, stepped once per epoch: ``"none"``, ``"cosine"``
-            (cosine annealing to 0 over ``epochs``) or ``"step"`` (multiply by ``gamma`` at each
-            epoch in ``milestones``).
+        scheduler: learning-rate schedule: ``"none"``, ``"cosine"`` (cosine annealing to 0 over
+            ``epochs``, stepped per epoch), ``"step"`` (multiply by ``gamma`` at each epoch in
+            ``milestones``) or ``"cyclic"`` (per step, linearly from 0 up to ``lr`` at 2/5 of
+            training and back down to 0: the one-cycle schedule of Wong et al. 2020).
         milestones: epochs after which ``"step"`` decays the rate; default: half-way and
             three-quarters of the way through.
         gamma: decay factor of ``"step"``, in ``(0, 1]``.
@@ -93,6 +103,11 @@ class TrainConfig:
             lists, dicts) so they can be saved with the checkpoint.
         checkpoint_every: also checkpoint every this many optimizer steps (``None``: only at the
             end of each epoch).
+        val_size: training samples held out (a seeded draw) for per-epoch validation; 0: none.
+        val_eps: radius of the per-epoch PGD validation; ``None``: the recipe's own threat
+            model (no robust validation for recipes without one).
+        val_norm: norm of that validation (``None``: the recipe's, else ``"linf"``).
+        val_steps: PGD steps of the validation attack.
     """
 
     epochs: int = 8
@@ -108,12 +123,23 @@ class TrainConfig:
     recipe: str = "standard"
     recipe_params: dict[str, Any] = field(default_factory=dict)
     checkpoint_every: int | None = None
+    val_size: int = 0
+    val_eps: float | None = None
+    val_norm: str | None = None
+    val_steps: int = 20
 
     def __post_init__(self) -> None:
-        for k in ("epochs", "batch_size"):
+        for k in ("epochs", "batch_size", "val_steps"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{k} must be an integer >= 1, got {v!r}")
+        vs = self.val_size
+        if isinstance(vs, bool) or not isinstance(vs, int) or vs < 0:
+            raise ConfigError(f"val_size must be an integer >= 0, got {vs!r}")
+        if self.val_eps is not None:
+            _check_number("val_eps", self.val_eps, lambda v: v >= 0, ">= 0")
+        if self.val_norm not in (None, "linf", "l2", "l1"):
+            raise ConfigError(f"val_norm must be linf, l2 or l1, got {self.val_norm!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
         ce = self.checkpoint_every
@@ -186,11 +212,15 @@ class TrainResult:
         history: one row per completed epoch (including epochs run before a resume): ``epoch``
             (1-based), ``loss`` (mean recipe loss), ``train_accuracy`` (on the inputs the recipe
             trained on; ``None`` if the recipe returns no logits), ``eval_accuracy`` (``None``
-            without ``eval_data``), ``lr`` (the rate used in the epoch) and ``seconds``.
+            without ``eval_data``), ``val_accuracy`` and ``val_robust_accuracy`` (clean and PGD
+            accuracy on the held-out set; ``None`` when not measured), ``val_threat``, ``lr``
+            (the rate at the epoch's start), ``seconds`` (the whole epoch), ``val_seconds``
+            (its validation and ``eval_data`` part), and ``note`` when the recipe acted.
         wall_time: seconds spent in this call.
         global_step: optimizer steps taken in the whole run so far.
         completed: False when the run stopped early (``stop_after_steps``).
         resumed_from: ``(epoch, step)`` of the checkpoint this call resumed from, else ``None``.
+        stopped: the recipe's reason for ending training before the last epoch, else ``None``.
     """
 
     history: list[dict[str, Any]]
@@ -198,6 +228,7 @@ class TrainResult:
     global_step: int
     completed: bool
     resumed_from: tuple[int, int] | None = None
+    stopped: str | None = None
 
     @property
     def final(self) -> dict[str, Any]:
@@ -302,7 +333,7 @@ def _build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
 
 
 def _build_scheduler(
-    opt: torch.optim.Optimizer, cfg: TrainConfig
+    opt: torch.optim.Optimizer, cfg: TrainConfig, total: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
@@ -310,7 +341,17 @@ def _build_scheduler(
         return torch.optim.lr_scheduler.MultiStepLR(
             opt, milestones=list(cfg.resolved_milestones()), gamma=cfg.gamma
         )
+    if cfg.scheduler == "cyclic":
+        return torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(_one_cycle, total))
     return None
+
+
+def _one_cycle(total: int, step: int) -> float:
+    """Multiplier of the cyclic schedule: 0 -> 1 over the first 2/5 of ``total`` steps -> 0."""
+    peak = max(1.0, 0.4 * total)
+    if step <= peak:
+        return step / peak
+    return max(0.0, (total - step) / max(1.0, total - peak))
 
 
 def _rng_devices(device: torch.device) -> list[int]:
@@ -356,6 +397,7 @@ class _Position:
     correct: int = 0  # correctly classified among those with logits
     counted: int = 0  # samples whose logits the recipe returned
     seconds: float = 0.0  # time spent in this epoch before the last resume
+    stopped: str | None = None  # why the recipe ended training early
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -363,11 +405,18 @@ class _Run:
     """The state of one training run: what a checkpoint saves and a resume restores."""
 
     def __init__(
-        self, model: nn.Module, cfg: TrainConfig, dev: torch.device, data_id: dict[str, Any]
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        recipe: Recipe,
+        dev: torch.device,
+        data_id: dict[str, Any],
+        steps_per_epoch: int,
     ) -> None:
-        self.model, self.cfg, self.dev, self.data_id = model, cfg, dev, data_id
+        self.model, self.cfg, self.recipe, self.dev, self.data_id = model, cfg, recipe, dev, data_id
+        self.steps_per_epoch = steps_per_epoch
         self.opt = _build_optimizer(model, cfg)
-        self.sched = _build_scheduler(self.opt, cfg)
+        self.sched = _build_scheduler(self.opt, cfg, cfg.epochs * steps_per_epoch)
         self.pos = _Position()
         # the data order: one permutation per epoch, drawn from the state at the epoch's start
         self.shuffle = torch.Generator().manual_seed(_derive_seed(cfg.seed, 0))
@@ -382,6 +431,14 @@ class _Run:
     def permutation(self, n: int) -> Tensor:
         self.shuffle.set_state(self.epoch_rng)
         return torch.randperm(n, generator=self.shuffle)
+
+    def context(self) -> TrainContext:
+        return TrainContext(
+            epoch=self.pos.epoch, epochs=self.cfg.epochs, step=self.pos.step,
+            steps_per_epoch=self.steps_per_epoch, global_step=self.pos.global_step,
+            total_steps=self.cfg.epochs * self.steps_per_epoch, device=self.dev,
+            generator=self.recipe_gen,
+        )  # fmt: skip
 
     def next_epoch(self) -> None:
         self.pos.epoch += 1
@@ -398,6 +455,7 @@ class _Run:
             "recipe": {
                 "name": self.cfg.recipe,
                 "params": recipe_params(self.cfg.recipe, self.cfg.recipe_params),
+                "state": self.recipe.state_dict(),
             },
             "data": self.data_id,
             "model": self.model.state_dict(),
@@ -444,6 +502,7 @@ class _Run:
             if self.sched is not None:
                 self.sched.load_state_dict(ckpt["scheduler"])
             self.pos = _Position(**ckpt["position"])
+            self.recipe.load_state_dict(ckpt["recipe"]["state"])
             rng = ckpt["rng"]
             self.epoch_rng = rng["shuffle_epoch_start"]
             self.recipe_gen.set_state(rng["recipe"])
@@ -455,6 +514,28 @@ class _Run:
                 f"training checkpoint {path} is incomplete or corrupt ({type(e).__name__}: {e}); "
                 "delete it or pass resume=False to start over"
             ) from None
+
+
+def split_validation(n: int, cfg: TrainConfig) -> tuple[Tensor, Tensor]:
+    """``(train_idx, val_idx)``: the seeded split of ``n`` training samples that :func:`train`
+    makes for ``cfg.val_size`` held-out validation samples (sorted indices)."""
+    if cfg.val_size >= n:
+        raise ConfigError(
+            f"val_size={cfg.val_size} leaves no training data out of {n} samples; lower it"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(_derive_seed(cfg.seed, 3)))
+    return perm[cfg.val_size :].sort().values, perm[: cfg.val_size].sort().values
+
+
+def validation_threat(cfg: TrainConfig, recipe: Recipe) -> ThreatModel | None:
+    """The threat model of the per-epoch robust validation (``None``: none is measured)."""
+    own = recipe.threat
+    norm = cfg.val_norm or (own.norm if own is not None else "linf")
+    if cfg.val_eps is not None:
+        return ThreatModel(norm, cfg.val_eps)
+    if own is None:
+        return None
+    return own if own.norm == norm else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,13 +557,15 @@ def train(
     """Train ``model`` on ``data`` with the recipe and hyper-parameters in ``cfg``.
 
     Each epoch visits the data in a fresh seeded order, in batches of ``cfg.batch_size``; each
-    step minimizes the recipe's loss with the optimizer; the learning-rate schedule steps once
-    per epoch. See the module docstring for seeding, checkpoints and the model's mode.
+    step asks the recipe for its inner attack (eval mode) and its loss (train mode) and takes an
+    optimizer step. See the module docstring for seeding, checkpoints, the model's mode and the
+    per-epoch robust validation.
 
     Args:
         model: classifier returning logits, already on ``device``; trained in place.
         data: training set with ``.x`` ``(N, C, H, W)`` in ``[0, 1]``, ``.y`` ``(N,)`` int64,
-            ``.num_classes`` and ``.name`` (an :class:`advlab.data.Dataset`).
+            ``.num_classes`` and ``.name`` (an :class:`advlab.data.Dataset`). With
+            ``cfg.val_size > 0``, that many of its samples are held out for validation.
         cfg: the run's configuration (:class:`TrainConfig`).
         checkpoint_path: file for the training checkpoint, written at the end of every epoch,
             every ``cfg.checkpoint_every`` steps and when stopping early. ``None``: no checkpoints.
@@ -505,13 +588,13 @@ def train(
 
     Raises:
         ConfigError: the checkpoint was made with a different config or data, the loss diverged,
-            or the model is not on ``device``.
+            a recipe changed the model's mode, or the model is not on ``device``.
         CheckpointError: a corrupt checkpoint, or one whose model does not fit ``model``.
         DataError: malformed ``data`` or ``eval_data``.
 
     Example:
         >>> model = build_model("papernot-mnist", seed=0)
-        >>> cfg = TrainConfig(epochs=10, batch_size=64, lr=1e-3, optimizer="adam")
+        >>> cfg = TrainConfig(epochs=10, recipe="pgd", recipe_params={"eps": 0.3}, val_size=500)
         >>> result = train(model, splits.train, cfg, checkpoint_path="run.ckpt")
     """
     started = time.perf_counter()
@@ -533,48 +616,79 @@ def train(
                 f"model.to({str(dev)!r}) or pass device={str(p.device)!r}"
             )
         break
-    loss_fn = build_recipe(cfg.recipe, cfg.recipe_params)
+    data_id = _fingerprint(data, y)
+    val: tuple[Tensor, Tensor] | None = None
+    if cfg.val_size:
+        keep, held = split_validation(x.shape[0], cfg)
+        val = (x[held], y[held])
+        x, y = x[keep], y[keep]
+    recipe = build_recipe(cfg.recipe, cfg.recipe_params)
     path = Path(checkpoint_path).expanduser() if checkpoint_path is not None else None
+    steps_per_epoch = math.ceil(x.shape[0] / cfg.batch_size)
     with _restore_modes(model), torch.random.fork_rng(devices=_rng_devices(dev)):
-        run = _Run(model, cfg, dev, _fingerprint(data, y))
+        run = _Run(model, cfg, recipe, dev, data_id, steps_per_epoch)
         resumed_from = None
         if path is not None and resume and path.exists():
             run.restore(path)
             resumed_from = (run.pos.epoch, run.pos.step)
             log.info("resuming from %s at epoch %d, step %d", path, *resumed_from)
-        completed = _loop(run, x, y, loss_fn, path, progress, eval_data, stop_after_steps)
+        recipe.setup(model, dev)
+        completed = _loop(run, x, y, path, progress, eval_data, val, stop_after_steps)
     return TrainResult(
         history=[dict(r) for r in run.pos.history],
         wall_time=time.perf_counter() - started,
         global_step=run.pos.global_step,
         completed=completed,
         resumed_from=resumed_from,
+        stopped=run.pos.stopped,
     )
+
+
+def _set_mode(modules: list[nn.Module], training: bool) -> None:
+    for m in modules:
+        m.training = training
+
+
+def _check_mode(modules: list[nn.Module], training: bool, recipe: Recipe, where: str) -> None:
+    if any(m.training != training for m in modules):
+        raise ConfigError(
+            f"recipe {recipe.name!r} changed the model's train/eval mode in {where}; the "
+            "training loop sets it (eval for perturb, train for loss): remove the mode switch"
+        )
 
 
 def _loop(
     run: _Run,
     x: Tensor,
     y: Tensor,
-    loss_fn: Callable[..., LossOutput],
     path: Path | None,
     progress: Callable[[dict[str, Any]], None] | None,
     eval_data: Any,
+    val: tuple[Tensor, Tensor] | None,
     stop_after_steps: int | None,
 ) -> bool:
-    """Train until the last epoch (True) or until ``stop_after_steps`` (False)."""
-    cfg, pos, model, dev = run.cfg, run.pos, run.model, run.dev
-    steps_per_epoch = math.ceil(x.shape[0] / cfg.batch_size)
+    """Train until the last epoch or the recipe's stop (True) or ``stop_after_steps`` (False)."""
+    cfg, pos, model, dev, recipe = run.cfg, run.pos, run.model, run.dev, run.recipe
+    modules = list(model.modules())
+    steps_per_epoch = run.steps_per_epoch
+    per_step_schedule = cfg.scheduler == "cyclic"
     steps = 0  # taken in this call
-    model.train()
-    while pos.epoch < cfg.epochs:
+    while pos.epoch < cfg.epochs and pos.stopped is None:
         tick = time.perf_counter()
         perm = run.permutation(x.shape[0]).to(x.device)
         lr = float(run.opt.param_groups[0]["lr"])
         while pos.step < steps_per_epoch:
             idx = perm[pos.step * cfg.batch_size : (pos.step + 1) * cfg.batch_size]
             xb, yb = x[idx].to(dev), y[idx].to(dev)
-            out = loss_fn(model, xb, yb, generator=run.recipe_gen)
+            ctx = run.context()
+            _set_mode(modules, False)
+            x_adv = recipe.perturb(model, xb, yb, ctx)
+            _check_mode(modules, False, recipe, "perturb")
+            if x_adv is not None:
+                x_adv = x_adv.detach()
+            _set_mode(modules, True)
+            out = recipe.loss(model, xb, yb, x_adv, ctx)
+            _check_mode(modules, True, recipe, "loss")
             loss, logits = out if isinstance(out, tuple) else (out, None)
             value = float(loss.detach())
             if not math.isfinite(value):
@@ -585,6 +699,8 @@ def _loop(
             run.opt.zero_grad(set_to_none=True)
             loss.backward()
             run.opt.step()
+            if per_step_schedule and run.sched is not None:
+                run.sched.step()
             pos.step, pos.global_step, steps = pos.step + 1, pos.global_step + 1, steps + 1
             pos.loss_sum += value * yb.shape[0]
             pos.seen += yb.shape[0]
@@ -608,19 +724,23 @@ def _loop(
                 )
                 return False
 
-        if run.sched is not None:
+        if run.sched is not None and not per_step_schedule:
             run.sched.step()
+        _set_mode(modules, False)
+        val_tick = time.perf_counter()
         row: dict[str, Any] = {
             "epoch": pos.epoch + 1,
             "loss": pos.loss_sum / pos.seen,
             "train_accuracy": pos.correct / pos.seen if pos.counted == pos.seen else None,
             "eval_accuracy": None,
+            **_validate(model, val, validation_threat(cfg, recipe), cfg, dev),
             "lr": lr,
         }
         if eval_data is not None:
-            model.eval()
             row["eval_accuracy"] = evaluate_accuracy(model, eval_data, device=dev)
-            model.train()
+        row["val_seconds"] = time.perf_counter() - val_tick
+        pos.stopped = recipe.after_epoch(model, row)
+        _set_mode(modules, True)
         row["seconds"] = pos.seconds + time.perf_counter() - tick
         pos.history.append(row)
         run.next_epoch()
@@ -629,8 +749,38 @@ def _loop(
         if progress is not None:
             progress({"event": "epoch", "stage": "train", "message": _summary(row, cfg), **row})
         if stop_after_steps is not None and steps >= stop_after_steps and pos.epoch < cfg.epochs:
-            return False
+            return pos.stopped is not None
     return True
+
+
+def _validate(
+    model: nn.Module,
+    val: tuple[Tensor, Tensor] | None,
+    threat: ThreatModel | None,
+    cfg: TrainConfig,
+    dev: torch.device,
+    batch_size: int = 500,
+) -> dict[str, Any]:
+    """Clean and PGD accuracy on the held-out set (model in eval mode)."""
+    from advlab.attacks import pgd
+
+    row: dict[str, Any] = {"val_accuracy": None, "val_robust_accuracy": None, "val_threat": None}
+    if val is None:
+        return row
+    xv, yv = val
+    clean = robust = 0
+    for i in range(0, xv.shape[0], batch_size):
+        xb, yb = xv[i : i + batch_size].to(dev), yv[i : i + batch_size].to(dev)
+        with torch.no_grad():
+            clean += int((model(xb).argmax(dim=1) == yb).sum())
+        if threat is not None:
+            res = pgd(model, xb, yb, threat, steps=cfg.val_steps, seed=_derive_seed(cfg.seed, 4))
+            robust += int((~res.success & (res.pred == yb)).sum())
+    row["val_accuracy"] = clean / xv.shape[0]
+    if threat is not None:
+        row["val_robust_accuracy"] = robust / xv.shape[0]
+        row["val_threat"] = f"{threat.norm} {threat.eps:g}"
+    return row
 
 
 def _summary(row: Mapping[str, Any], cfg: TrainConfig) -> str:
@@ -639,5 +789,11 @@ def _summary(row: Mapping[str, Any], cfg: TrainConfig) -> str:
         parts.append(f"train acc {row['train_accuracy']:.2%}")
     if row["eval_accuracy"] is not None:
         parts.append(f"eval acc {row['eval_accuracy']:.2%}")
+    if row.get("val_accuracy") is not None:
+        parts.append(f"val acc {row['val_accuracy']:.2%}")
+    if row.get("val_robust_accuracy") is not None:
+        parts.append(f"val robust acc {row['val_robust_accuracy']:.2%} ({row['val_threat']})")
     parts.append(f"{row['seconds']:.1f} s")
+    if row.get("note"):
+        parts.append(str(row["note"]))
     return ", ".join(parts)

@@ -142,7 +142,7 @@ def _named(value: Any, default: str) -> tuple[str, dict[str, str]]:
         details = {
             str(k): v if isinstance(v, str) else json.dumps(plain(v), sort_keys=True)
             for k, v in value.items()
-            if k != "name" and v is not None
+            if k not in ("name", "extra") and v is not None
         }
         return str(value.get("name") or default), details
     return (str(value) if value else default), {}
@@ -372,8 +372,66 @@ def examples_section(ev: Evaluation, extra: Mapping[str, Any]) -> str:
     return fragment(_EXAMPLES, uri=examples_plot(ev, names), reason="", k=len(ex), eps=eps)
 
 
+_TRAINING = """
+<section id="training">
+<h2>Training curves</h2>
+<img src="{{ uri }}" class="plot" alt="accuracy per training epoch">
+<p class="note">How the model was trained: recipe <code>{{ recipe }}</code>{% if params %}
+({% for k, v in params.items() %}{{ k }}={{ v }}{% if not loop.last %}, {% endif %}{% endfor %}){% endif %},
+{{ epochs }} epochs. Training accuracy is on the inputs the recipe trained on (adversarial ones
+for adversarial recipes); validation accuracy, clean and under PGD{% if threat %} ({{ threat }}){% endif %},
+is on training samples held out from training.{% if stopped %} <strong>Stopped early:</strong>
+{{ stopped }}{% endif %}</p>
+</section>
+"""
+
+
+def training_history(extra: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The per-epoch rows saved with a trained model (``advlab train``), and its recipe."""
+    model = extra.get("model")
+    if not isinstance(model, Mapping):
+        return [], {}
+    training = (model.get("extra") or {}).get("training") or {}
+    rows = [r for r in training.get("history") or [] if isinstance(r, Mapping)]
+    recipe = model.get("recipe") if isinstance(model.get("recipe"), Mapping) else {}
+    return [dict(r) for r in rows], {**dict(recipe or {}), "stopped": training.get("stopped")}
+
+
+def training_section(ev: Evaluation, extra: Mapping[str, Any]) -> str:
+    """Training curves (clean and robust validation accuracy per epoch) of a trained model;
+    empty when the model file carries no training history."""
+    rows, recipe = training_history(extra)
+    if not rows:
+        return ""
+    epochs = [r["epoch"] for r in rows]
+    fig = _figure(6.4, 3.4)
+    ax = fig.add_subplot(1, 1, 1)
+    series = [("train_accuracy", "training (recipe inputs)", "-"),
+              ("val_accuracy", "validation, clean", "-"),
+              ("val_robust_accuracy", "validation, PGD", "--"),
+              ("eval_accuracy", "evaluation data", ":")]  # fmt: skip
+    for key, label, style in series:
+        pts = [(e, 100 * r[key]) for e, r in zip(epochs, rows, strict=True)
+               if isinstance(r.get(key), int | float)]  # fmt: skip
+        if pts:
+            ax.plot(*zip(*pts, strict=True), style, marker="o", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 101)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small", frameon=False)
+    threat = next((r.get("val_threat") for r in rows if r.get("val_threat")), None)
+    return fragment(
+        _TRAINING, uri=png_data_uri(fig), recipe=recipe.get("recipe", "?"),
+        params=recipe.get("recipe_params") or {}, epochs=len(rows), threat=threat,
+        stopped=recipe.get("stopped"),
+    )  # fmt: skip
+
+
 #: The default sections, in page order.
-SECTIONS: list[Section] = [header_section, summary_section, curve_section, examples_section]
+SECTIONS: list[Section] = [
+    header_section, summary_section, curve_section, training_section, examples_section,
+]  # fmt: skip
 
 
 def render_html(
