@@ -102,16 +102,24 @@ class Repro:
             p.requires_grad_(False)
         return model, dict(meta)
 
-    def cached(self, key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """``fn()``'s result, stored in ``<key>.eval.json`` and reused unless ``--fresh``."""
+    def cached(
+        self, key: str, fn: Callable[[], dict[str, Any]], signature: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``fn()``'s result, stored in ``<key>.eval.json`` with ``signature`` (what it depends
+        on: the weights' SHA-256, the images, the attacks and their budgets) and reused only
+        when the stored signature is the same, unless ``--fresh``."""
         path = self.out / f"{key}.eval.json"
+        sig = json.loads(json.dumps(signature))  # as it reads back
         if path.exists() and not self.args.fresh:
-            return dict(json.loads(path.read_text()))
+            stored = json.loads(path.read_text())
+            if stored.get("signature") == sig:
+                return dict(stored["result"])
+            log(f"{path.name} was computed for another model or budget: recomputing")
         log(f"evaluating {key}")
         tick = time.perf_counter()
         result = fn()
         result["eval_seconds"] = time.perf_counter() - tick
-        atomic_write_text(path, json.dumps(result, indent=1))
+        atomic_write_text(path, json.dumps({"signature": sig, "result": result}, indent=1))
         return result
 
     def save(self, name: str, payload: dict[str, Any]) -> Path:
@@ -121,7 +129,11 @@ class Repro:
 
 
 def training_seconds(meta: dict[str, Any]) -> float:
-    return float(meta.get("extra", {}).get("training", {}).get("seconds", float("nan")))
+    """Seconds the saved model spent training, its per-epoch validation excluded."""
+    rows = meta.get("extra", {}).get("training", {}).get("history") or []
+    if not rows:
+        return float("nan")
+    return float(sum(r["seconds"] - r.get("val_seconds", 0.0) for r in rows))
 
 
 @torch.no_grad()

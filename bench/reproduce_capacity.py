@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import _repro
 from _repro import Repro, correct, pct, robust_accuracy
-
 from advlab.attacks import fgsm
 from advlab.defenses import TrainConfig
 from advlab.threat import ThreatModel
@@ -46,7 +45,7 @@ def main() -> None:
             cfg = TrainConfig(epochs=10, batch_size=64, lr=1e-3, scheduler="cosine", seed=0,
                               recipe=recipe, recipe_params=params)  # fmt: skip
             key = f"{recipe}-x{scale}"
-            model, _ = r.model(key, "madry-mnist", cfg, arch_kwargs={"width": scale / 16})
+            model, meta = r.model(key, "madry-mnist", cfg, arch_kwargs={"width": scale / 16})
 
             def run(model=model) -> dict:
                 pgd = robust_accuracy(model, x, y, threat, steps=20, restarts=1, step_size=0.03)
@@ -55,7 +54,8 @@ def main() -> None:
                         "fgsm": float((~fg.success & (fg.pred == y)).float().mean()),
                         "pgd": pgd["worst"], "masking": pgd["masking"]}  # fmt: skip
 
-            table[recipe][scale] = r.cached(key, run)
+            sig = {"weights": meta["weights_sha256"], "n": len(x), "pgd": [20, 1, 0.03]}
+            table[recipe][scale] = r.cached(key, run, sig)
     print(f"Capacity (Madry et al. Fig. 4), madry-mnist, {r.data}, eps={EPS}, {len(x)} images")
     print(f"{'training':>14}{'scale':>7}{'natural':>9}{'FGSM':>8}{'PGD':>8}")
     for recipe, rows in table.items():

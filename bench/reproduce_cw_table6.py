@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import math
 
-import _repro
 import torch
-from _repro import Repro, pct
-from reproduce_distillation import GAMMA, config, first_correct, student
 
+import _repro
+from _repro import Repro, pct
 from advlab.attacks import fgsm, targeted_cases
 from advlab.threat import ThreatModel
+from reproduce_distillation import GAMMA, config, first_correct, student
 
 PAPER = {"best": 1.7, "average": 2.2, "worst": 2.9}
 
@@ -60,12 +60,14 @@ def main() -> None:
     args = _repro.options(__doc__.splitlines()[0]).parse_args()
     r = Repro("distillation", args)
     n = args.n or (5 if r.quick else 100)
-    distilled, _ = student(r, 100)
-    base, _ = r.model("undistilled", "papernot-mnist", config(r, "standard", {}))
+    distilled = student(r, 100)
+    base = r.model("undistilled", "papernot-mnist", config(r, "standard", {}))
     rows = {}
-    for key, model in (("T100", distilled), ("undistilled", base)):
+    for key, (model, meta) in (("T100", distilled), ("undistilled", base)):
         x, y = first_correct(model, r, n)
-        rows[key] = r.cached(f"table6-{key}-n{n}", lambda m=model, x=x, y=y: evaluate(r, m, x, y))
+        sig = {"weights": meta["weights_sha256"], "n": n, "quick": r.quick, "gamma": GAMMA}
+        rows[key] = r.cached(f"table6-{key}-n{n}",
+                             lambda m=model, x=x, y=y: evaluate(r, m, x, y), sig)  # fmt: skip
     print(f"C&W 2017 Table VI: papernot-mnist, {r.data}, {n} images x 9 targets")
     print(f"{'':28}{'undistilled':>13}{'T=100':>10}{'paper T=100':>13}")
     d, u = rows["T100"], rows["undistilled"]
@@ -83,7 +85,8 @@ def main() -> None:
         print(f"{'C&W L2 ' + case + ': mean L2':28}{_repro_num(lu):>13}{_repro_num(ld):>10}"
               f"{PAPER[case]:>13}")  # fmt: skip
         checks[f"C&W {case}: 100% success, L2 within 20% of {PAPER[case]}"] = (
-            sd == 1.0 and ld is not None and abs(ld / PAPER[case] - 1) <= 0.2)
+            sd == 1.0 and ld is not None and abs(ld / PAPER[case] - 1) <= 0.2
+        )
     for what, ok in checks.items():
         print(f"  [{'ok' if ok else 'MISSED'}] {what}")
     r.save(f"table6-n{n}.json", rows)

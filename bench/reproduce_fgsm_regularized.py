@@ -19,10 +19,10 @@ better than it resists iterative attacks.
 
 from __future__ import annotations
 
-import _repro
 import torch
-from _repro import Repro, pct, robust_accuracy
 
+import _repro
+from _repro import Repro, pct, robust_accuracy
 from advlab.attacks import fgsm
 from advlab.defenses import TrainConfig
 from advlab.threat import ThreatModel
@@ -57,7 +57,9 @@ def main() -> None:
             return {"accuracy": meta["clean_accuracy"], "fgsm_error": fgsm_error(model, xt, yt),
                     "pgd": res}  # fmt: skip
 
-        rows[recipe] = r.cached(recipe, run)
+        sig = {"weights": meta["weights_sha256"], "n": n, "pgd": [40, 2 if r.quick else 5, 0.01],
+               "eps": EPS, "fgsm_on": len(xt)}  # fmt: skip
+        rows[recipe] = r.cached(recipe, run, sig)
     print(f"FGSM-regularized training (Goodfellow et al. 2015), mlp 800-800, {r.data}, "
           f"eps={EPS}")  # fmt: skip
     print(f"{'model':>18}{'accuracy':>10}{'FGSM error':>12}{'paper':>8}{'PGD worst acc.':>16}")

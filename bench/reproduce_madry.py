@@ -38,21 +38,24 @@ def pgd_model(r: Repro) -> tuple[object, dict]:
     return r.model("pgd", "wong-mnist", cfg)
 
 
-def evaluate(r: Repro, key: str, model: object, steps: int, restarts: int) -> dict:
+def evaluate(r: Repro, key: str, model: object, meta: dict, steps: int, restarts: int) -> dict:
     n = r.args.n or (200 if r.quick else 1000)
     x, y = r.test_set(n)
+    step = 0.01
     if r.quick:
-        steps, restarts = 20, 2
+        steps, restarts, step = 20, 2, 0.03
+    sig = {"weights": meta["weights_sha256"], "n": n, "steps": steps, "restarts": restarts,
+           "step_size": step, "eps": EPS, "losses": ["ce", "margin"]}  # fmt: skip
     return r.cached(key, lambda: robust_accuracy(
-        model, x, y, ThreatModel("linf", EPS), steps=steps, restarts=restarts, step_size=0.01
-        if not r.quick else 0.03))  # fmt: skip
+        model, x, y, ThreatModel("linf", EPS), steps=steps, restarts=restarts, step_size=step),
+        sig)  # fmt: skip
 
 
 def main() -> None:
     args = _repro.options(__doc__.splitlines()[0]).parse_args()
     r = Repro("advtrain", args)
     model, meta = pgd_model(r)
-    res = evaluate(r, "pgd-eval", model, steps=100, restarts=10)
+    res = evaluate(r, "pgd-eval", model, meta, steps=100, restarts=10)
     print(
         f"Madry PGD training, wong-mnist, {r.data}, eps={EPS} "
         f"({meta['recipe']['epochs']} epochs, {training_seconds(meta):.0f} s of training)"

@@ -434,3 +434,5 @@ def test_distill_trains_a_teacher_and_a_student(runner: CliRunner, tmp_path: Pat
     assert again.exit_code == 0 and "teacher: reusing" in again.output
     one_line_error(runner.invoke(cli, [*args[:-1], str(tmp_path / "x.safetensors"),
                                        "--temperature", "0"]), "temperature")  # fmt: skip
+    other_t = [*args[:8], "20", *args[9:]]  # same --out, another temperature
+    one_line_error(runner.invoke(cli, other_t), "not trained with these options")

@@ -42,7 +42,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "fgsm-augment": {"eps": EPS},
     "fgsm-regularized": {"eps": EPS},
     "pgd": {"eps": EPS, "steps": 5, "step_size": 0.04},
-    "fast": {"eps": EPS},
+    "fast": {"eps": EPS, "guard_drop": 1.0},  # the guard needs validation: tested on its own
     "trades": {"eps": EPS, "steps": 5, "step_size": 0.04, "beta": 3.0},
     "msd": {
         "eps_linf": EPS,
@@ -145,7 +145,7 @@ def test_resume_after_a_kill_mid_epoch_gives_the_same_weights(
 ) -> None:
     params = {"teacher": teacher, "temperature": 20.0} if name == "distillation" else PARAMS[name]
     data = Dataset("small", mnist()[0].x[:400], mnist()[0].y[:400], 10)
-    c = cfg(name, params, epochs=3, batch_size=50, val_size=100, val_steps=3)
+    c = cfg(name, params, epochs=3, batch_size=50, val_size=100, val_steps=3, scheduler="cyclic")
     reference = mlp()
     ref = train(reference, data, c)
     # 6 steps per epoch: stop mid-epoch 1, then at the end of epoch 2 (after its validation)
@@ -159,7 +159,7 @@ def test_resume_after_a_kill_mid_epoch_gives_the_same_weights(
     sa, sb = reference.state_dict(), resumed.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     for got, want in zip(rest.history, ref.history, strict=True):
-        for key in ("loss", "train_accuracy", "val_accuracy", "val_robust_accuracy"):
+        for key in ("loss", "train_accuracy", "val_accuracy", "val_robust_accuracy", "lr"):
             assert got[key] == want[key], key
     if name == "fast":
         state = torch.load(ckpt, weights_only=True)["recipe"]["state"]
@@ -277,11 +277,35 @@ def test_fast_guard_rolls_back_on_a_collapse() -> None:
     assert recipe.after_epoch(mlp(), {"epoch": 1}) is None  # nothing measured: no action
 
 
+class Collapse(Fast):
+    """The fast recipe with validation numbers scripted per epoch: 0.9, 0.85, then a collapse."""
+
+    def after_epoch(self, model: nn.Module, row: dict[str, Any]) -> str | None:
+        row["val_robust_accuracy"] = {1: 0.9, 2: 0.85}.get(row["epoch"], 0.0)
+        return super().after_epoch(model, row)
+
+
+def test_guard_state_survives_a_resume(tmp_path: Path) -> None:
+    """Killed after epoch 1 and resumed, the guard still rolls back to epoch 1's weights at the
+    collapse in epoch 3: the best epoch and its weights come from the checkpoint."""
+    register_recipe("test-collapse", description="test only")(Collapse)
+    try:
+        data = Dataset("small", mnist()[0].x[:256], mnist()[0].y[:256], 10)
+        c = cfg("test-collapse", {"eps": EPS}, epochs=4, val_size=64, val_steps=2)
+        reference = mlp()
+        ref = train(reference, data, c)
+        assert "rolled back to epoch 1" in str(ref.stopped) and len(ref.history) == 3
+        train(mlp(), data, c, checkpoint_path=tmp_path / "c.ckpt", stop_after_steps=3)
+        resumed = mlp(seed=4)
+        res = train(resumed, data, c, checkpoint_path=tmp_path / "c.ckpt")
+        assert res.stopped == ref.stopped
+        sa, sb = reference.state_dict(), resumed.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    finally:
+        del RECIPES._entries["test-collapse"]
+
+
 def test_guard_stops_training_and_the_stop_survives_a_resume(tmp_path: Path) -> None:
-    class Collapse(Fast):
-        def after_epoch(self, model: nn.Module, row: dict[str, Any]) -> str | None:
-            row["val_robust_accuracy"] = 0.9 if row["epoch"] == 1 else 0.0
-            return super().after_epoch(model, row)
 
     register_recipe("test-collapse", description="test only")(Collapse)
     try:
@@ -289,11 +313,19 @@ def test_guard_stops_training_and_the_stop_survives_a_resume(tmp_path: Path) -> 
         c = cfg("test-collapse", {"eps": EPS}, epochs=4, val_size=64, val_steps=2)
         model = mlp()
         res = train(model, data, c, checkpoint_path=tmp_path / "c.ckpt")
-        assert res.completed and len(res.history) == 2 and "rolled back to epoch 1" in res.stopped
+        assert res.completed and len(res.history) == 3 and "rolled back to epoch 1" in res.stopped
         again = train(mlp(seed=3), data, c, checkpoint_path=tmp_path / "c.ckpt")
-        assert len(again.history) == 2 and again.stopped == res.stopped
+        assert len(again.history) == 3 and again.stopped == res.stopped
     finally:
         del RECIPES._entries["test-collapse"]
+
+
+def test_fast_guard_without_validation_is_refused() -> None:
+    data = Dataset("small", mnist()[0].x[:128], mnist()[0].y[:128], 10)
+    with pytest.raises(ConfigError, match="val_size > 0"):
+        train(mlp(), data, cfg("fast", {"eps": EPS}))
+    with pytest.raises(ConfigError, match="val_eps"):
+        train(mlp(), data, cfg("pgd", PARAMS["pgd"], val_size=32, val_norm="l2"))
 
 
 def test_validation_split_is_seeded_and_disjoint() -> None:
@@ -324,7 +356,9 @@ def test_cyclic_schedule_peaks_at_two_fifths() -> None:
     res = train(mlp(), data, cfg("standard", {}, epochs=5, batch_size=32, scheduler="cyclic",
                                  lr=0.01))  # fmt: skip
     lrs = [r["lr"] for r in res.history]  # the rate at each epoch's start: 0, 10, 20, 30, 40 steps
-    assert lrs == pytest.approx([0.0, 0.01 * 10 / 20, 0.01, 0.01 * 20 / 30, 0.01 * 10 / 30])
+    # the rate of step i is the schedule at (i + 1) / total: up over 20 steps, down over 30
+    assert lrs == pytest.approx([0.01 / 20, 0.01 * 11 / 20, 0.01 * 29 / 30, 0.01 * 19 / 30,
+                                 0.01 * 9 / 30])  # fmt: skip
 
 
 def test_eps_ramp() -> None:

@@ -372,7 +372,15 @@ def distill_cmd(temperature: float, out: str | None, **o: Any) -> None:
     teacher_cfg = _train_config(o, "standard", {"temperature": temperature})
     build_recipe(teacher_cfg.recipe, teacher_cfg.recipe_params)  # bad values fail before work
     if teacher.exists():
-        load_model(teacher)  # a corrupt file fails here, with its path
+        _, meta = load_model(teacher)  # a corrupt file fails here, with its path
+        want = {**teacher_cfg.to_dict(), "recipe_params": {"label_smoothing": 0.0,
+                                                           "temperature": temperature}}
+        if meta.get("recipe") != want or meta.get("arch") != o["model"]:
+            raise ConfigError(
+                f"{teacher} exists but was not trained with these options (architecture, "
+                f"temperature {temperature:g}, data or training settings); delete it or pass "
+                "another --out"
+            )
         stdout.print(f"teacher: reusing {teacher}", highlight=False, markup=False)
     else:
         stdout.print(f"teacher: training at T={temperature:g}", highlight=False, markup=False)

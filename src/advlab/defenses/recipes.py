@@ -12,8 +12,11 @@ then calls, for every batch::
 **The mode rule**, enforced by the loop and not by the recipes: inner attacks (``perturb``) see
 the model in **eval mode**: BatchNorm normalizes with its running statistics and does not update
 them, dropout is off, so the attack targets the deterministic model that will be deployed and
-attacked later, and adversarial batches never leak into the BatchNorm statistics. The training
-loss (``loss``) sees it in **train mode**. A recipe that changes a module's mode is an error.
+attacked later, and the attack's intermediate points never reach the BatchNorm statistics (the
+inputs the loss trains on, adversarial ones included, do: that is training). The training loss
+(``loss``) sees the model in **train mode**. A recipe that changes a module's mode is an error.
+(Wong et al.'s CIFAR code attacks in train mode; for models without BatchNorm or dropout, such as
+the MNIST networks, the two rules coincide.)
 
 **Context** (:class:`TrainContext`): the epoch, the step, the fraction of training done, the
 device and a generator for the recipe's randomness (attack seeds, random starts), so that ε
@@ -109,6 +112,8 @@ class Recipe:
 
     name: ClassVar[str] = ""
     threat: ThreatModel | None = None
+    #: the recipe acts on robust validation (:meth:`after_epoch`); training without it is refused
+    needs_validation: bool = False
 
     def setup(self, model: nn.Module, device: torch.device) -> None:
         """Called once before the first step, after a resume has restored the state."""
@@ -224,6 +229,15 @@ def ramped(threat: ThreatModel, ramp: float, ctx: TrainContext) -> ThreatModel:
     return threat.with_eps(threat.eps * ctx.fraction / ramp)
 
 
+def _given(x_adv: Tensor | None, recipe: Recipe) -> Tensor:
+    if x_adv is None:
+        raise ConfigError(
+            f"recipe {recipe.name!r}'s perturb returned None but its loss needs the inputs to "
+            "train on; return them from perturb"
+        )
+    return x_adv
+
+
 def _ce(model: nn.Module, x: Tensor, y: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
     logits = model(x)
     return F.cross_entropy(logits / temperature, y), logits
@@ -292,7 +306,7 @@ class FgsmAugment(Recipe):
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None,
              ctx: TrainContext) -> LossOutput:  # fmt: skip
-        assert x_adv is not None
+        x_adv = _given(x_adv, self)
         return _ce(model, x_adv, y)
 
 
@@ -327,9 +341,8 @@ class FgsmRegularized(Recipe):
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None,
              ctx: TrainContext) -> LossOutput:  # fmt: skip
-        assert x_adv is not None
-        logits = model(torch.cat([x, x_adv]))
-        clean, adv = logits[: x.shape[0]], logits[x.shape[0] :]
+        x_adv = _given(x_adv, self)
+        clean, adv = model(x), model(x_adv)  # two passes: BatchNorm sees each batch on its own
         loss = self.alpha * F.cross_entropy(clean, y) + (1 - self.alpha) * F.cross_entropy(adv, y)
         return loss, adv
 
@@ -379,7 +392,7 @@ class Pgd(Recipe):
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None,
              ctx: TrainContext) -> LossOutput:  # fmt: skip
-        assert x_adv is not None
+        x_adv = _given(x_adv, self)
         return _ce(model, x_adv, y)
 
 
@@ -421,6 +434,7 @@ class Fast(Recipe):
             else _number("step_size", step_size, 0, math.inf, lo_open=True)
         )  # fmt: skip
         self.guard_drop = _number("guard_drop", guard_drop, 0, 1)
+        self.needs_validation = self.guard_drop < 1
         self.best_accuracy: float | None = None
         self.best_epoch = 0
         self.best_weights: dict[str, Tensor] | None = None
@@ -434,7 +448,7 @@ class Fast(Recipe):
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None,
              ctx: TrainContext) -> LossOutput:  # fmt: skip
-        assert x_adv is not None
+        x_adv = _given(x_adv, self)
         return _ce(model, x_adv, y)
 
     def after_epoch(self, model: nn.Module, row: dict[str, Any]) -> str | None:
@@ -512,9 +526,8 @@ class Trades(Recipe):
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None,
              ctx: TrainContext) -> LossOutput:  # fmt: skip
-        assert x_adv is not None
-        logits = model(torch.cat([x, x_adv]))
-        clean, adv = logits[: x.shape[0]], logits[x.shape[0] :]
+        x_adv = _given(x_adv, self)
+        clean, adv = model(x), model(x_adv)  # two passes, as the paper's code
         kl = F.kl_div(F.log_softmax(adv, dim=1), F.softmax(clean, dim=1), reduction="batchmean")
         return F.cross_entropy(clean, y) + self.beta * kl, clean
 
@@ -524,12 +537,20 @@ def msd_perturb(model: nn.Module, x: Tensor, y: Tensor, threats: list[ThreatMode
     """Multi steepest descent (Maini, Wong & Kolter 2020): the point of the union of the balls
     ``threats`` (same centre ``x``) that maximizes cross-entropy, found by taking, at each step,
     the best of the steepest-ascent steps in each norm (each projected onto its own ball and the
-    box), judged by the loss after the step. Starts at ``x``.
+    box), judged by the loss after the step. Starts at ``x``; returns, per sample, the
+    highest-loss point over all steps (as the authors' code does).
+
+    Step sizes are absolute lengths in each norm (:func:`steepest_step`): the L1 step spreads
+    ``step_sizes[2]`` of L1 mass over the top ``1 - l1_sparsity`` fraction of coordinates.
 
     Shape: ``x: (B, *)``, ``y: (B,)`` -> ``(B, *)``.
     """
     xa = x.clone()
     b = x.shape[0]
+    rows = torch.arange(b, device=x.device)
+    best = x.clone()
+    with torch.no_grad():
+        best_loss = F.cross_entropy(model(x), y, reduction="none")
     for _ in range(steps):
         xa.requires_grad_(True)
         (g,) = torch.autograd.grad(F.cross_entropy(model(xa), y, reduction="sum"), xa)
@@ -542,8 +563,11 @@ def msd_perturb(model: nn.Module, x: Tensor, y: Tensor, threats: list[ThreatMode
             losses = F.cross_entropy(
                 model(cands.flatten(0, 1)), y.repeat(len(threats)), reduction="none"
             ).view(len(threats), b)
-        xa = cands[losses.argmax(dim=0), torch.arange(b, device=x.device)]
-    return xa
+        top, pick = losses.max(dim=0)
+        xa = cands[pick, rows]
+        better = top > best_loss
+        best[better], best_loss = xa[better], torch.where(better, top, best_loss)
+    return best
 
 
 @register_recipe(
@@ -558,15 +582,21 @@ class Msd(Recipe):
     Args:
         eps_linf, eps_l2, eps_l1: the three radii (the paper's MNIST: 0.3, 2.0, 10).
         steps: inner steps (the paper: 100 on MNIST).
-        step_linf, step_l2, step_l1: step sizes per norm (the paper's MNIST: 0.01, 0.1, 0.8).
+        step_linf, step_l2, step_l1: absolute step lengths per norm. The paper's MNIST values
+            are 0.01 (L∞), 0.1 (L2) and, for L1, 0.8 *per coordinate* on k of 5 to 20
+            coordinates; here the L1 step is the total L1 mass of a step, spread over the top
+            ``1 - l1_sparsity`` fraction of coordinates (39 of 784 at the default), so the
+            default 2.0 is about 0.05 per coordinate.
         l1_sparsity: fraction of coordinates left out of each L1 step.
+        ramp: fraction of training over which the three radii grow linearly from 0.
     """
 
     threat: ThreatModel
 
     def __init__(self, *, eps_linf: float = 0.3, eps_l2: float = 2.0, eps_l1: float = 10.0,
                  steps: int = 50, step_linf: float = 0.01, step_l2: float = 0.1,
-                 step_l1: float = 0.8, l1_sparsity: float = 0.95) -> None:  # fmt: skip
+                 step_l1: float = 2.0, l1_sparsity: float = 0.95,
+                 ramp: float = 0.0) -> None:  # fmt: skip
         self.threats = [_threat("linf", eps_linf), _threat("l2", eps_l2), _threat("l1", eps_l1)]
         self.threat = self.threats[0]
         self.steps = _count("steps", steps)
@@ -575,15 +605,19 @@ class Msd(Recipe):
             for k, v in (("step_linf", step_linf), ("step_l2", step_l2), ("step_l1", step_l1))
         ]
         self.l1_sparsity = _number("l1_sparsity", l1_sparsity, 0, 1, hi_open=True)
+        self.ramp = _ramp(ramp)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, ctx: TrainContext) -> Tensor:
-        return msd_perturb(
-            model, x, y, self.threats, self.step_sizes, self.steps, l1_sparsity=self.l1_sparsity
-        )
+        threats = [ramped(t, self.ramp, ctx) for t in self.threats]
+        scale = threats[0].eps / self.threats[0].eps if self.threats[0].eps > 0 else 1.0
+        steps = [s * scale for s in self.step_sizes]
+        if scale == 0:
+            return x
+        return msd_perturb(model, x, y, threats, steps, self.steps, l1_sparsity=self.l1_sparsity)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None,
              ctx: TrainContext) -> LossOutput:  # fmt: skip
-        assert x_adv is not None
+        x_adv = _given(x_adv, self)
         return _ce(model, x_adv, y)
 
 

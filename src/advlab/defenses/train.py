@@ -349,6 +349,7 @@ def _build_scheduler(
 def _one_cycle(total: int, step: int) -> float:
     """Multiplier of the cyclic schedule: 0 -> 1 over the first 2/5 of ``total`` steps -> 0."""
     peak = max(1.0, 0.4 * total)
+    step += 1  # the rate of step i is the schedule's value at its end, (i + 1) / total
     if step <= peak:
         return step / peak
     return max(0.0, (total - step) / max(1.0, total - peak))
@@ -397,6 +398,7 @@ class _Position:
     correct: int = 0  # correctly classified among those with logits
     counted: int = 0  # samples whose logits the recipe returned
     seconds: float = 0.0  # time spent in this epoch before the last resume
+    lr: float | None = None  # the learning rate at the epoch's start
     stopped: str | None = None  # why the recipe ended training early
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -445,6 +447,7 @@ class _Run:
         self.pos.step = 0
         self.pos.loss_sum, self.pos.seen, self.pos.correct, self.pos.counted = 0.0, 0, 0, 0
         self.pos.seconds = 0.0
+        self.pos.lr = None
         self.epoch_rng = self.shuffle.get_state()
 
     def state_dict(self, epoch_seconds: float) -> dict[str, Any]:
@@ -533,6 +536,11 @@ def validation_threat(cfg: TrainConfig, recipe: Recipe) -> ThreatModel | None:
     norm = cfg.val_norm or (own.norm if own is not None else "linf")
     if cfg.val_eps is not None:
         return ThreatModel(norm, cfg.val_eps)
+    if own is not None and own.norm != norm:
+        raise ConfigError(
+            f"val_norm={norm!r} differs from recipe {recipe.name!r}'s {own.norm!r} and no "
+            "val_eps is given; pass val_eps (CLI --val-eps) for that norm"
+        )
     if own is None:
         return None
     return own if own.norm == norm else None
@@ -623,6 +631,12 @@ def train(
         val = (x[held], y[held])
         x, y = x[keep], y[keep]
     recipe = build_recipe(cfg.recipe, cfg.recipe_params)
+    if recipe.needs_validation and (val is None or validation_threat(cfg, recipe) is None):
+        raise ConfigError(
+            f"recipe {cfg.recipe!r} acts on per-epoch robust validation, which this config "
+            "does not measure; set val_size > 0 (CLI --val-size) with the recipe's norm, or "
+            "switch its guard off (guard_drop=1)"
+        )
     path = Path(checkpoint_path).expanduser() if checkpoint_path is not None else None
     steps_per_epoch = math.ceil(x.shape[0] / cfg.batch_size)
     with _restore_modes(model), torch.random.fork_rng(devices=_rng_devices(dev)):
@@ -676,7 +690,9 @@ def _loop(
     while pos.epoch < cfg.epochs and pos.stopped is None:
         tick = time.perf_counter()
         perm = run.permutation(x.shape[0]).to(x.device)
-        lr = float(run.opt.param_groups[0]["lr"])
+        if pos.lr is None:  # set at the epoch's start, kept across a resume
+            pos.lr = float(run.opt.param_groups[0]["lr"])
+        lr = pos.lr
         while pos.step < steps_per_epoch:
             idx = perm[pos.step * cfg.batch_size : (pos.step + 1) * cfg.batch_size]
             xb, yb = x[idx].to(dev), y[idx].to(dev)

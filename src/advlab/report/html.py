@@ -378,10 +378,11 @@ _TRAINING = """
 <img src="{{ uri }}" class="plot" alt="accuracy per training epoch">
 <p class="note">How the model was trained: recipe <code>{{ recipe }}</code>{% if params %}
 ({% for k, v in params.items() %}{{ k }}={{ v }}{% if not loop.last %}, {% endif %}{% endfor %}){% endif %},
-{{ epochs }} epochs. Training accuracy is on the inputs the recipe trained on (adversarial ones
-for adversarial recipes); validation accuracy, clean and under PGD{% if threat %} ({{ threat }}){% endif %},
-is on training samples held out from training.{% if stopped %} <strong>Stopped early:</strong>
-{{ stopped }}{% endif %}</p>
+{{ epochs }} epochs. Training accuracy is on the inputs whose logits the recipe reports (the
+adversarial ones for <code>pgd</code>, <code>fast</code> and <code>msd</code>); validation
+accuracy, clean and under PGD{% if threat %} ({{ threat }}){% endif %}, is on training samples
+held out from training.{% if stopped %} <strong>Stopped early:</strong> {{ stopped }}; the saved
+weights are those of the epoch it names, not the last point plotted.{% endif %}</p>
 </section>
 """
 
