@@ -155,8 +155,10 @@ class _Crown:
         self.vjps: list[object] = []
         self.biases: list[Tensor | None] = []
         self.shapes: list[torch.Size] = []  # output shape of each step, batch included
+        self.in_shapes: list[torch.Size] = []
         h = torch.zeros_like(x)
         for step in self.steps:
+            self.in_shapes.append(h.shape)
             if step.kind == "affine":
                 out, vjp_fn = torch.func.vjp(step.layer, torch.zeros_like(h))[:2]
                 self.vjps.append(vjp_fn)
@@ -182,7 +184,7 @@ class _Crown:
                 bias = self.biases[j]
                 assert bias is not None
                 const = const + (a * bias).flatten(2).sum(dim=2)
-                a = torch.func.vmap(self.vjps[j])(a)[0]  # type: ignore[arg-type]
+                a = self._transpose(j, a)
             else:
                 lo, hi = self.pre[j]
                 unstable = (lo < 0) & (hi > 0)
@@ -195,6 +197,22 @@ class _Crown:
                 const = const + (neg * up_bias).flatten(2).sum(dim=2)
                 a = pos * low_slope + neg * up_slope
         return const + self._input_bound(a)
+
+    def _transpose(self, j: int, a: Tensor) -> Tensor:
+        """``a · W_j`` for affine step ``j``: a matmul, reshape or scaling where the layer is one
+        of the common kinds, else the layer's vjp (exact for every affine layer)."""
+        from advlab.models.zoo import Normalize
+
+        layer = self.steps[j].layer
+        if isinstance(layer, nn.Linear) and a.dim() == 3:
+            return a @ layer.weight
+        if isinstance(layer, nn.Flatten) and layer.start_dim == 1 and layer.end_dim == -1:
+            return a.reshape(a.shape[0], *self.in_shapes[j])
+        if isinstance(layer, Normalize):
+            return a / layer.std
+        if isinstance(layer, (nn.Identity, nn.Dropout)):
+            return a
+        return torch.func.vmap(self.vjps[j])(a)[0]  # type: ignore[operator]
 
     def _input_bound(self, a: Tensor) -> Tensor:
         """min over the threat set of ``a · x'`` ``(K, B)``."""

@@ -373,8 +373,10 @@ def distill_cmd(temperature: float, out: str | None, **o: Any) -> None:
     build_recipe(teacher_cfg.recipe, teacher_cfg.recipe_params)  # bad values fail before work
     if teacher.exists():
         _, meta = load_model(teacher)  # a corrupt file fails here, with its path
-        want = {**teacher_cfg.to_dict(), "recipe_params": {"label_smoothing": 0.0,
-                                                           "temperature": temperature}}
+        want = {
+            **teacher_cfg.to_dict(),
+            "recipe_params": {"label_smoothing": 0.0, "temperature": temperature},
+        }
         if meta.get("recipe") != want or meta.get("arch") != o["model"]:
             raise ConfigError(
                 f"{teacher} exists but was not trained with these options (architecture, "
