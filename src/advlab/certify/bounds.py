@@ -21,6 +21,7 @@ Reference:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -212,7 +213,8 @@ class _Crown:
             return a / layer.std
         if isinstance(layer, (nn.Identity, nn.Dropout)):
             return a
-        return torch.func.vmap(self.vjps[j])(a)[0]  # type: ignore[operator]
+        vjp_fn: Any = self.vjps[j]
+        return torch.func.vmap(vjp_fn)(a)[0]
 
     def _input_bound(self, a: Tensor) -> Tensor:
         """min over the threat set of ``a · x'`` ``(K, B)``."""
