@@ -60,14 +60,19 @@ def step_time_ratio(r: Repro, pgd_recipe: dict, fast_cfg: TrainConfig, samples: 
 
 
 def main() -> None:
-    args = _repro.options(__doc__.splitlines()[0]).parse_args()
+    opts = _repro.options(__doc__.splitlines()[0])
+    opts.add_argument("--no-ramp", action="store_true",
+                      help="the paper's schedule exactly: full eps from the first step")  # fmt: skip
+    args = opts.parse_args()
+    ramp = 0.0 if args.no_ramp else RAMP
+    key = "fast-noramp" if args.no_ramp else "fast"
     r = Repro("advtrain", args)
     cfg = TrainConfig(
         epochs=10, batch_size=100, lr=5e-3, optimizer="adam", scheduler="cyclic", seed=0,
-        recipe="fast", recipe_params={"eps": EPS, "step_size": 1.25 * EPS, "ramp": RAMP},
+        recipe="fast", recipe_params={"eps": EPS, "step_size": 1.25 * EPS, "ramp": ramp},
         val_size=200 if r.quick else 1000, val_steps=10 if r.quick else 20,
     )  # fmt: skip
-    fast, fast_meta = r.model("fast", "wong-mnist", cfg)
+    fast, fast_meta = r.model(key, "wong-mnist", cfg)
     _, pgd_meta = pgd_model(r)
     n = r.args.n or (200 if r.quick else 1000)
     x, y = r.test_set(n)
@@ -75,7 +80,7 @@ def main() -> None:
     sig = {"weights": fast_meta["weights_sha256"], "n": n, "steps": steps, "restarts": restarts,
            "step_size": step, "eps": EPS, "losses": ["ce", "margin"]}  # fmt: skip
     res = r.cached(
-        "fast-eval",
+        f"{key}-eval",
         lambda: robust_accuracy(
             fast, x, y, ThreatModel("linf", EPS), steps=steps, restarts=restarts, step_size=step
         ),
@@ -84,7 +89,7 @@ def main() -> None:
     t_fast, t_pgd = _repro.training_seconds(fast_meta), _repro.training_seconds(pgd_meta)
     same_process = step_time_ratio(r, pgd_meta["recipe"], cfg)
     stopped = fast_meta["extra"]["training"].get("stopped")
-    print(f"Fast FGSM training, wong-mnist, {r.data}, eps={EPS}")
+    print(f"Fast FGSM training, wong-mnist, {r.data}, eps={EPS}, eps ramp {ramp:g}")
     print(f"{'':24}{'paper':>10}{'measured':>10}{'target':>10}")
     print(f"{'clean accuracy':24}{'98.5%':>10}{pct(res['clean']):>10}")
     atk = f"PGD-{res['steps']}x{res['restarts']}"
