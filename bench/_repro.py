@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from _common import predict
 from advlab.attacks import pgd
 from advlab.data import load_dataset
 from advlab.defenses import TrainConfig, recipe_params, train_and_save
@@ -136,10 +137,9 @@ def training_seconds(meta: dict[str, Any]) -> float:
     return float(sum(r["seconds"] - r.get("val_seconds", 0.0) for r in rows))
 
 
-@torch.no_grad()
-def correct(model: nn.Module, x: Tensor, y: Tensor, batch: int = 1000) -> Tensor:
-    return torch.cat([model(x[i : i + batch]).argmax(1) == y[i : i + batch]
-                      for i in range(0, len(x), batch)])  # fmt: skip
+def correct(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """``(N,)`` bool: which samples ``model`` classifies correctly."""
+    return predict(model, x) == y
 
 
 def robust_accuracy(
@@ -165,6 +165,18 @@ def robust_accuracy(
         "worst": float(worst.float().mean()), "masking": abs(ce - mg) > MASKING_GAP,
         "robust": worst.tolist(),
     }  # fmt: skip
+
+
+def print_robust_table(res: dict[str, Any], paper_clean: str, paper_worst: str,
+                       target_clean: str, target_worst: str) -> None:  # fmt: skip
+    """The paper-beside-measured table of a :func:`robust_accuracy` result."""
+    print(f"{'':24}{'paper':>10}{'measured':>10}{'target':>10}")
+    print(f"{'clean accuracy':24}{paper_clean:>10}{pct(res['clean']):>10}{target_clean:>10}")
+    atk = f"PGD-{res['steps']}x{res['restarts']}"
+    print(f"{atk + ' (CE)':24}{'':>10}{pct(res['ce']):>10}")
+    print(f"{atk + ' (margin)':24}{'':>10}{pct(res['margin']):>10}")
+    print(f"{atk + ' worst case':24}{paper_worst:>10}{pct(res['worst']):>10}{target_worst:>10}")
+    print(masking_note(res))
 
 
 def masking_note(r: dict[str, Any]) -> str:

@@ -61,6 +61,8 @@ def student(r: Repro, t: float) -> tuple[nn.Module, dict]:
 
 
 def first_correct(model: nn.Module, r: Repro, n: int) -> tuple[Tensor, Tensor]:
+    """The first ``n`` test images ``model`` classifies correctly, on the run's device (unlike
+    ``_common.first_correct``, which stays on the CPU)."""
     x, y = r.test_set(len(r.splits.test))
     keep = correct(model, x, y).nonzero().squeeze(1)[:n]
     return x[keep], y[keep]

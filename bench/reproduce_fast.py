@@ -20,7 +20,7 @@ the same 2,000 images, interleaved, median of 3.
 from __future__ import annotations
 
 import _repro
-from _repro import Repro, pct, robust_accuracy
+from _repro import Repro, robust_accuracy
 from advlab.defenses import TrainConfig
 from advlab.threat import ThreatModel
 from reproduce_madry import EPS, RAMP, pgd_model
@@ -90,13 +90,7 @@ def main() -> None:
     same_process = step_time_ratio(r, pgd_meta["recipe"], cfg)
     stopped = fast_meta["extra"]["training"].get("stopped")
     print(f"Fast FGSM training, wong-mnist, {r.data}, eps={EPS}, eps ramp {ramp:g}")
-    print(f"{'':24}{'paper':>10}{'measured':>10}{'target':>10}")
-    print(f"{'clean accuracy':24}{'98.5%':>10}{pct(res['clean']):>10}")
-    atk = f"PGD-{res['steps']}x{res['restarts']}"
-    print(f"{atk + ' (CE)':24}{'':>10}{pct(res['ce']):>10}")
-    print(f"{atk + ' (margin)':24}{'':>10}{pct(res['margin']):>10}")
-    print(f"{atk + ' worst case':24}{'88.77%':>10}{pct(res['worst']):>10}{'>= 85%':>10}")
-    print(_repro.masking_note(res))
+    _repro.print_robust_table(res, "98.5%", "88.77%", "", ">= 85%")
     print(
         f"training time: fast {t_fast:.0f} s, PGD-{pgd_meta['recipe']['recipe_params']['steps']}"
         f" {t_pgd:.0f} s: ratio {t_fast / t_pgd:.3f} (PGD / fast = {t_pgd / t_fast:.1f}x)"

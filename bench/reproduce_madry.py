@@ -20,7 +20,7 @@ Resumable: re-run the same command after an interrupt (see bench/_repro.py).
 from __future__ import annotations
 
 import _repro
-from _repro import Repro, pct, robust_accuracy, training_seconds
+from _repro import Repro, robust_accuracy, training_seconds
 from advlab.defenses import TrainConfig
 from advlab.threat import ThreatModel
 
@@ -60,13 +60,7 @@ def main() -> None:
         f"Madry PGD training, wong-mnist, {r.data}, eps={EPS} "
         f"({meta['recipe']['epochs']} epochs, {training_seconds(meta):.0f} s of training)"
     )
-    print(f"{'':24}{'paper':>10}{'measured':>10}{'target':>10}")
-    print(f"{'clean accuracy':24}{'98.8%':>10}{pct(res['clean']):>10}{'>= 98%':>10}")
-    atk = f"PGD-{res['steps']}x{res['restarts']}"
-    print(f"{atk + ' (CE)':24}{'':>10}{pct(res['ce']):>10}")
-    print(f"{atk + ' (margin)':24}{'':>10}{pct(res['margin']):>10}")
-    print(f"{atk + ' worst case':24}{'~89%':>10}{pct(res['worst']):>10}{'>= 88%':>10}")
-    print(_repro.masking_note(res))
+    _repro.print_robust_table(res, "98.8%", "~89%", ">= 98%", ">= 88%")
     ok = res["clean"] >= 0.98 and res["worst"] >= 0.88
     print(f"targets met: {ok}" + ("  (--quick: smaller data and budget, not the target)"
                                   if r.quick else ""))  # fmt: skip

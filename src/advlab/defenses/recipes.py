@@ -238,9 +238,13 @@ def _given(x_adv: Tensor | None, recipe: Recipe) -> Tensor:
     return x_adv
 
 
-def _ce(model: nn.Module, x: Tensor, y: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-    logits = model(x)
-    return F.cross_entropy(logits / temperature, y), logits
+class _OnAdversarial(Recipe):
+    """Recipes that train with cross-entropy on what :meth:`perturb` returns."""
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None,
+             ctx: TrainContext) -> LossOutput:  # fmt: skip
+        logits = model(_given(x_adv, self))
+        return F.cross_entropy(logits, y), logits
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,7 +278,7 @@ class Standard(Recipe):
     "fgsm-augment",
     description="FGSM examples regenerated every batch replace a fraction of it (augmentation).",
 )
-class FgsmAugment(Recipe):
+class FgsmAugment(_OnAdversarial):
     """Adversarial data augmentation with FGSM (Goodfellow et al. 2015; Kurakin et al. 2017).
 
     Every batch, a random ``ratio`` of its samples is replaced by FGSM examples crafted against
@@ -303,11 +307,6 @@ class FgsmAugment(Recipe):
             threat = ramped(self.threat, self.ramp, ctx)
             out[pick] = fgsm(model, x[pick], y[pick], threat, seed=ctx.seed()).x_adv
         return out
-
-    def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None,
-             ctx: TrainContext) -> LossOutput:  # fmt: skip
-        x_adv = _given(x_adv, self)
-        return _ce(model, x_adv, y)
 
 
 @register_recipe(
@@ -348,7 +347,7 @@ class FgsmRegularized(Recipe):
 
 
 @register_recipe("pgd", description="Madry et al. 2018: min-max training on PGD examples.")
-class Pgd(Recipe):
+class Pgd(_OnAdversarial):
     """PGD adversarial training (Madry et al. 2018): minimize the cross-entropy on PGD examples.
 
     The inner maximization is :func:`advlab.attacks.pgd` without early stop (every sample gets
@@ -390,18 +389,13 @@ class Pgd(Recipe):
             random_start=self.random_start, loss=self.attack_loss, early_stop=False,
         ).x_adv  # fmt: skip
 
-    def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None,
-             ctx: TrainContext) -> LossOutput:  # fmt: skip
-        x_adv = _given(x_adv, self)
-        return _ce(model, x_adv, y)
-
 
 @register_recipe(
     "fast",
     description="Wong et al. 2020: FGSM from a random start, with a guard against catastrophic "
     "overfitting.",
 )
-class Fast(Recipe):
+class Fast(_OnAdversarial):
     """ "Fast is better than free" adversarial training (Wong, Rice & Kolter 2020).
 
     Each batch trains on one FGSM step of size ``step_size`` (1.25·ε by default) taken from a
@@ -445,11 +439,6 @@ class Fast(Recipe):
         return fgsm(
             model, x, y, threat, seed=ctx.seed(), random_start=True, step_size=step or None
         ).x_adv
-
-    def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None,
-             ctx: TrainContext) -> LossOutput:  # fmt: skip
-        x_adv = _given(x_adv, self)
-        return _ce(model, x_adv, y)
 
     def after_epoch(self, model: nn.Module, row: dict[str, Any]) -> str | None:
         acc = row.get("val_robust_accuracy")
@@ -574,7 +563,7 @@ def msd_perturb(model: nn.Module, x: Tensor, y: Tensor, threats: list[ThreatMode
     "msd",
     description="Maini et al. 2020: multi steepest descent over the union of Linf, L2, L1 balls.",
 )
-class Msd(Recipe):
+class Msd(_OnAdversarial):
     """Adversarial training against the union of L∞, L2 and L1 balls with multi steepest
     descent (Maini, Wong & Kolter 2020): at each inner step, the steepest-ascent steps in the
     three norms are taken and the one with the highest loss is kept (:func:`msd_perturb`).
@@ -614,11 +603,6 @@ class Msd(Recipe):
         if scale == 0:
             return x
         return msd_perturb(model, x, y, threats, steps, self.steps, l1_sparsity=self.l1_sparsity)
-
-    def loss(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor | None,
-             ctx: TrainContext) -> LossOutput:  # fmt: skip
-        x_adv = _given(x_adv, self)
-        return _ce(model, x_adv, y)
 
 
 def file_digest(path: str | Path) -> str:
