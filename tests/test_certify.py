@@ -89,9 +89,9 @@ def test_a_certified_sample_is_never_broken_by_pgd() -> None:
 
 
 def test_unsupported_layers_are_named() -> None:
-    net = nn.Sequential(nn.Flatten(), nn.Linear(36, 10), nn.Tanh(), nn.Linear(10, 3))
+    net = nn.Sequential(nn.Flatten(), nn.Linear(36, 10), nn.GELU(), nn.Linear(10, 3))
     x, y = torch.rand(2, 1, 6, 6), torch.zeros(2, dtype=torch.long)
-    with pytest.raises(ConfigError, match=r"layer 2 \(Tanh\)"):
+    with pytest.raises(ConfigError, match=r"layer 2 \(GELU\)"):
         margin_bounds(net, x, y, ThreatModel("linf", 0.1))
     bn = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(36), nn.Linear(36, 3)).train()
     with pytest.raises(ConfigError, match="training mode"):

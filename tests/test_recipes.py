@@ -54,6 +54,8 @@ PARAMS: dict[str, dict[str, Any]] = {
         "step_l1": 2.0,
     },
     "double-backprop": {"weight": 1.0},
+    "ibp": {"eps": 0.2, "warmup": 0.0, "ramp": 0.5},
+    "crown-ibp": {"eps": 0.2, "warmup": 0.0, "ramp": 0.5, "kappa_end": 0.5},
 }
 
 

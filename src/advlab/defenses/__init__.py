@@ -3,6 +3,7 @@
 Importing this package registers every built-in recipe in :data:`advlab.registry.RECIPES`.
 """
 
+from advlab.defenses import certified as _certified  # noqa: F401  (registers ibp, crown-ibp)
 from advlab.defenses.fit import train_and_save
 from advlab.defenses.recipes import (
     Recipe,

@@ -68,6 +68,38 @@ class Normalize(nn.Module):
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
 
 
+class Residual(nn.Module):
+    """A residual block ``x + body(x)``: the one non-sequential shape certification understands.
+
+    Args:
+        *body: the layers of the branch, applied in order; the output shape must equal the input
+            shape.
+
+    Shape:
+        x: ``(B, *)`` -> ``(B, *)``.
+    """
+
+    def __init__(self, *body: nn.Module) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*body)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class Arctan(nn.Module):
+    """Elementwise ``arctan``, one of CNN-Cert's general activations (PyTorch has no layer)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.atan(x)
+
+
+#: activation layers by name, for the factories that take ``activation=``
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "arctan": Arctan,
+}  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------
 # argument checks shared by the factories
 
@@ -309,6 +341,57 @@ def cifar_cnn(
         nn.Linear(64 * h * w, 256), nn.ReLU(),
         nn.Linear(256, num_classes),
     )  # fmt: skip
+
+
+@MODELS.register(
+    "cnn-cert-mnist",
+    description="CNN-Cert's MNIST CNN: `layers`-1 conv layers of `filters` 3x3 filters, then FC.",
+)
+def cnn_cert_mnist(
+    *,
+    num_classes: int = 10,
+    in_shape: Sequence[int] = (1, 28, 28),
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    layers: int = 4,
+    filters: int = 5,
+    activation: str = "relu",
+) -> nn.Sequential:
+    """The pure convolutional networks of CNN-Cert's MNIST tables.
+
+    ``layers - 1`` times ``conv3x3(filters), activation`` with valid (no) padding and stride 1,
+    then ``Flatten, FC classes``. The default, 4 layers of 5 filters, has 8,680 hidden neurons on
+    MNIST, as in the paper.
+
+    Args:
+        layers: number of layers, the last being the fully connected one (>= 2).
+        filters: filters per convolution.
+        activation: ``relu``, ``sigmoid``, ``tanh`` or ``arctan``.
+
+    Reference:
+        Boopathy et al. 2019, "CNN-Cert: An Efficient Framework for Certifying Robustness of
+        Convolutional Neural Networks", Tables 3-6.
+    """
+    shape, norm = _head("cnn-cert-mnist", num_classes, in_shape, mean, std)
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 2:
+        raise ConfigError(f"cnn-cert-mnist: layers must be an integer >= 2, got {layers!r}")
+    if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
+        raise ConfigError(f"cnn-cert-mnist: filters must be an integer >= 1, got {filters!r}")
+    if activation not in ACTIVATIONS:
+        raise ConfigError(
+            f"cnn-cert-mnist: unknown activation {activation!r}; use one of "
+            f"{', '.join(ACTIVATIONS)}"
+        )
+    h, w = shape[1] - 2 * (layers - 1), shape[2] - 2 * (layers - 1)
+    if h < 1 or w < 1:
+        raise _too_small("cnn-cert-mnist", shape, f"at least {2 * layers - 1}x{2 * layers - 1}")
+    body: list[nn.Module] = [norm]
+    channels = shape[0]
+    for _ in range(layers - 1):
+        body += [nn.Conv2d(channels, filters, 3), ACTIVATIONS[activation]()]
+        channels = filters
+    body += [nn.Flatten(), nn.Linear(filters * h * w, num_classes)]
+    return nn.Sequential(*body)
 
 
 # ---------------------------------------------------------------------------------------------
