@@ -551,7 +551,9 @@ class Bounder:
         node, layer = self.nodes[j], self.nodes[j].layer
         lo_all, hi_all = (t.reshape(b, n) for t in self.box[j])
         idx = self.rows(j)
-        chunk = max(1, len(idx)) if whole else self.chunk
+        if len(idx) == 0:
+            return lo_all.view(shape), hi_all.view(shape)
+        chunk = len(idx) if whole else self.chunk
         lows, highs = [], []
         for part in idx.split(chunk):
             k = len(part)
@@ -578,8 +580,6 @@ class Bounder:
                 hi = self.input_bounds(*self.backward(a, src, const, True, start=j))[1]
             lows.append(lo)
             highs.append(hi)
-        if len(idx) == 0:
-            return lo_all.view(shape), hi_all.view(shape)
         rows = idx[:, None].expand(-1, b)
         lo_all = lo_all.T.scatter(0, rows, torch.cat(lows)).T
         hi_all = hi_all.T.scatter(0, rows, torch.cat(highs)).T
