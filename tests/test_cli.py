@@ -436,3 +436,172 @@ def test_distill_trains_a_teacher_and_a_student(runner: CliRunner, tmp_path: Pat
                                        "--temperature", "0"]), "temperature")  # fmt: skip
     other_t = [*args[:8], "20", *args[9:]]  # same --out, another temperature
     one_line_error(runner.invoke(cli, other_t), "not trained with these options")
+
+
+# -- certification --------------------------------------------------------------------------------
+
+GELU_MODULE = """
+from torch import nn
+
+
+def make():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.GELU(), nn.Linear(16, 10))
+"""
+
+
+@pytest.fixture
+def gelu_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str]:
+    """A weights file and factory of a network with a layer the bounds do not support."""
+    pkg = tmp_path / "gelupkg_advlab_test"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models.py").write_text(GELU_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from gelupkg_advlab_test.models import make  # type: ignore[import-not-found]
+
+    torch.manual_seed(0)
+    path = tmp_path / "gelu.pt"
+    torch.save(make().state_dict(), path)
+    return path, "gelupkg_advlab_test.models:make"
+
+
+def test_certify_prints_certified_accuracy_and_writes_json(
+    runner: CliRunner, trained_digits_model: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cert"
+    args = ["certify", "--model", str(trained_digits_model), "--data", "digits", "-n", "30",
+            "--method", "crown", "--eps", "0.05,0", "--eps", "0.02", "--radius", "--out",
+            str(out)]  # fmt: skip
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    (path,) = out.iterdir()
+    assert path.name == "certify-crown-linf.json"
+    doc = json.loads(path.read_text())
+    assert doc["format"] == "advlab-certify" and doc["dataset"]["n"] == 30
+    rows = doc["certified"]
+    assert [r["eps"] for r in rows] == [0.0, 0.02, 0.05]  # sorted, both --eps forms
+    acc = [r["certified_accuracy"] for r in rows]
+    assert acc[0] == doc["clean_accuracy"] > 0.5  # eps 0: certified = classified correctly
+    assert acc[0] >= acc[1] >= acc[2] > 0 and all(r["method"] == "crown" for r in rows)
+    assert all(r["ci_low"] <= a <= r["ci_high"] for r, a in zip(rows, acc, strict=True))
+    for r in rows:  # the printed table shows the stored numbers
+        assert f"{100 * r['certified_accuracy']:.1f}%" in res.output
+    radius = doc["radius"]
+    samples = radius["samples"]
+    assert len(samples) == 30 and radius["n"] == sum(s["correct"] for s in samples)
+    assert all(s["certified"] == 0.0 for s in samples if not s["correct"])
+    assert all(s["certified"] > 0.0 for s in samples if s["correct"])  # a trained MLP, crown
+    got = sorted(s["certified"] for s in samples if s["correct"])
+    assert radius["median"] == pytest.approx(float(torch.tensor(got).quantile(0.5)))
+    assert f"median {radius['median']:.4g}" in res.output
+    assert f"mean {radius['mean']:.4g}" in res.output
+    assert doc["provenance"]["torch"] == torch.__version__
+
+
+def test_certify_bad_input_and_unsupported_layers_are_one_line_errors(
+    runner: CliRunner, digits_model: Path, gelu_model: tuple[Path, str], tmp_path: Path
+) -> None:
+    base = ["certify", "--model", str(digits_model), "--data", "digits", "-n", "5"]
+    one_line_error(runner.invoke(cli, [*base, "--eps", "0.1", "--method", "crwn"]),
+                   "unknown certifier 'crwn'", "crown")  # fmt: skip
+    one_line_error(runner.invoke(cli, [*base, "--eps", "-0.1"]), "finite number >= 0", "-0.1")
+    one_line_error(runner.invoke(cli, [*base, "--eps", "0.1", "--norm", "l0"]), "not 'l0'")
+    one_line_error(runner.invoke(cli, base), "nothing to certify", "--eps", "--radius")
+    weights, factory = gelu_model
+    res = runner.invoke(cli, ["certify", "--model", str(weights), "--factory", factory,
+                              "--data", "digits", "-n", "5", "--eps", "0.1"])  # fmt: skip
+    one_line_error(res, "cannot bound layer 2 (GELU)")
+    # the audit refuses it before any attack runs and before a run is started
+    store = tmp_path / "s.sqlite"
+    res = runner.invoke(cli, ["audit", "--model", str(weights), "--factory", factory, "--data",
+                              "digits", "-n", "5", "--eps", "0,0.1", "--certify", "--store",
+                              str(store), "--out", str(tmp_path / "o")])  # fmt: skip
+    one_line_error(res, "cannot bound layer 2 (GELU)")
+    from advlab.store import RunStore
+
+    with RunStore(store) as s:
+        assert s.list_runs() == []
+    one_line_error(runner.invoke(cli, _audit_args(digits_model, tmp_path, "--certify", "ibb")),
+                   "unknown certifier 'ibb'")  # fmt: skip
+
+
+def test_audit_certify_stores_radii_and_never_certifies_a_broken_sample(
+    runner: CliRunner, trained_digits_model: Path, tmp_path: Path
+) -> None:
+    from advlab.store import RunStore
+    from advlab.threat import within
+
+    grid = (0.0, 0.02, 0.05, 0.1)
+    out, store_path = tmp_path / "o", tmp_path / "s.sqlite"
+    args = ["audit", "--model", str(trained_digits_model), "--data", "digits", "-n", "40",
+            "--eps", ",".join(map(str, grid)), "--attacks", "fgsm,pgd,deepfool", "--steps", "10",
+            "--out", str(out), "--store", str(store_path), "--certify"]  # fmt: skip
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    (run_dir,) = out.iterdir()
+    report = json.loads((run_dir / "report.json").read_text())
+    ev = report["evaluation"]
+    assert ev["config"]["certify"] == "crown" and report["extra"]["config"]["certify"] == "crown"
+    certified = {r["eps"]: r for r in ev["certified"]}
+    robust = {r["eps"]: r["robust_accuracy"] for r in ev["rows"] if r["attack"] == "worst-case"}
+    assert sorted(certified) == list(grid)
+    assert certified[0.0]["certified_accuracy"] == ev["clean_accuracy"]
+    assert certified[0.05]["certified_accuracy"] > 0  # a trained MLP: CROWN certifies some
+    for e in grid:
+        assert certified[e]["certified_accuracy"] <= robust[e]
+        assert f"{100 * certified[e]['certified_accuracy']:.1f}%" in res.output
+    assert "certified linf radius (crown)" in res.output
+
+    shown = runner.invoke(cli, ["runs", "show", run_dir.name, "--store", str(store_path)])
+    pct = f"{100 * certified[0.05]['certified_accuracy']:.1f}%"
+    assert shown.exit_code == 0 and "certified accuracy (crown): " in shown.output
+    assert f"linf eps=0.05 {pct}" in shown.output
+    with RunStore(store_path) as store:
+        rid = run_dir.name
+        assert store.get_run(rid).summary["certified"][2]["eps"] == 0.05
+        cert = store.records(store.find_cell(rid, "certified", "linf", float("inf")))
+        radius = {r.index: r.certified for r in cert}
+        assert len(cert) == 40 and all(r is not None for r in radius.values())
+        correct = {r.index: r.clean_pred == r.label for r in cert}
+        assert all(radius[i] == 0.0 for i, ok in correct.items() if not ok)
+        # Soundness: a sample certified at eps was never broken by an attack at eps.
+        minimal = store.records(store.find_cell(rid, "deepfool", "linf", float("inf")))
+        for e in grid[1:]:
+            sure = {i for i, ok in correct.items() if ok and radius[i] >= e}
+            broken = set()
+            for attack in ("fgsm", "pgd"):
+                recs = store.records(store.find_cell(rid, attack, "linf", e))
+                broken |= {r.index for r in recs if r.success}
+            norms = torch.tensor([r.norm for r in minimal], dtype=torch.float64)
+            hit = within(norms, "linf", e).tolist()
+            broken |= {r.index for r, h in zip(minimal, hit, strict=True) if r.success and h}
+            assert not sure & broken, (e, sorted(sure & broken))
+            assert len(sure) == round(certified[e]["certified_accuracy"] * 40)
+
+    # per sample: certified radius <= smallest adversarial example, in the JSON and the page
+    bounds = ev["bounds"]["linf"]
+    assert [b["index"] for b in bounds] == list(range(40))
+    for b in bounds:
+        assert b["certified"] == radius[b["index"]]
+        if b["correct"] and b["attack_norm"] is not None:
+            assert b["certified"] <= b["attack_norm"] + 1e-6
+            assert b["gap"] == pytest.approx(b["attack_norm"] - b["certified"])
+    summary = report["certified_vs_attack"]["linf"]
+    assert summary["unsound"] == [] and summary["broken"] > 0 and len(summary["widest"]) == 10
+    html = (run_dir / "report.html").read_text()
+    section = html[html.index('<section id="certified">') :]
+    section = section[: section.index("</section>")]
+    assert "Certified vs attack radius" in section and "Widest gaps" in section
+    assert section.count("data:image/png;base64,") == 1
+    widest = summary["widest"][0]
+    assert f"<td>#{widest['index']}</td>" in section and widest["attack"] in section
+    assert "<td>certified (crown)</td>" in html  # the summary table's certified rows
+    assert 'class="warn"' not in html
+
+    # an identical audit without --certify is another run, with no certified section
+    plain = [a for a in args if a != "--certify"]
+    plain[plain.index("--out") + 1] = str(tmp_path / "o2")
+    res = runner.invoke(cli, plain)
+    assert res.exit_code == 0, res.output
+    html = next((tmp_path / "o2").rglob("report.html")).read_text()
+    assert 'id="certified"' not in html and "certified (crown)" not in html

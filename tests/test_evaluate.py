@@ -520,3 +520,93 @@ def test_a_resume_with_another_batch_size_computes_only_what_is_missing(toy: Toy
     pgd_queries = sum(r.queries for r in resumed.records[("pgd", "linf", 0.02)] if r.index >= 14)
     pgd_queries += sum(r.queries for r in resumed.records[("pgd", "linf", 0.05)])
     assert counting.samples == N + pgd_queries  # the clean pass plus the missing samples only
+
+
+# -- certification -------------------------------------------------------------------------------
+
+
+def test_certified_radii_are_stored_once_and_copied_into_every_record_of_the_norm(
+    toy: Toy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from advlab.evaluate import CERTIFIED
+
+    attacks = [*ATTACKS_CFG, AttackConfig("deepfool", {"steps": 5})]
+    sink = JsonlSink(tmp_path / "r.jsonl")
+    ev = _run(toy, attacks=attacks, sink=sink, config={"certify": "crown"})
+    (cell,) = make_plan(attacks, GRID, EvalConfig(certify="crown"), N).certify
+    assert (cell.attack, cell.norm, cell.eps) == (CERTIFIED, "linf", math.inf)
+    assert cell.params == {"method": "crown", "steps": 15}
+    stored = sink.stored(cell)
+    assert sorted(stored) == list(range(N))
+    radius = {i: r.certified for i, r in stored.items()}
+    ok = _clean_ok(ev).tolist()
+    assert all(radius[i] == 0.0 for i in range(N) if not ok[i])
+    assert any(radius[i] > 0.02 for i in range(N) if ok[i])  # CROWN certifies some here
+    for key, recs in ev.records.items():  # every row of the norm carries the radius
+        assert [r.certified for r in recs] == [radius[r.index] for r in recs], key
+    for eps in EPS:
+        c = ev.certified_row(eps)
+        sure = torch.tensor([ok[i] and radius[i] >= eps for i in range(N)])
+        assert c.certified == int(sure.sum()) and c.n == N
+        assert (c.ci_low, c.ci_high) == wilson_interval(c.certified, N)
+        # sound: no sample certified at eps is broken by any attack at eps
+        assert not bool((sure & ~ev.robust(WORST_CASE, eps)).any()), eps
+    assert ev.certified_row(0.0).certified_accuracy == ev.clean_accuracy
+    for b in ev.bounds["linf"]:
+        assert b.certified == radius[b.index] and b.sound("linf")
+        if b.correct and b.attack_norm is not None:  # the smallest success over all cells
+            norms = [r.norm for (_, n, e), recs in ev.records.items()
+                     for r in recs if r.index == b.index and r.success and e > 0]  # fmt: skip
+            assert b.attack_norm <= min(norms) + 1e-9
+    json.dumps(ev.to_dict())
+    assert ev.to_dict()["certified"][1]["eps"] == EPS[1]
+
+    # resumed from the file: nothing is certified again, and the numbers are the same
+    def refuse(*a: object, **k: object) -> None:
+        raise AssertionError("certified again")
+
+    monkeypatch.setattr("advlab.evaluate.engine.certify_records", refuse)
+    again = _run(toy, attacks=attacks, sink=JsonlSink(tmp_path / "r.jsonl"),
+                 config={"certify": "crown"})  # fmt: skip
+    assert again.records == ev.records and again.bounds == ev.bounds
+    assert again.certified == ev.certified  # (the stored wall time included)
+
+
+def test_certified_shards_merge(toy: Toy) -> None:
+    model = make_cnn()
+    cfg = {"batch_size": 5, "seed": 2, "certify": "ibp"}
+    sinks = [MemorySink(), MemorySink()]
+    for k, sink in enumerate(sinks):
+        evaluate(model, toy, ["fgsm"], GRID, EvalConfig(**cfg, shard=(k, 2)), sink=sink)  # type: ignore[arg-type]
+    plan = make_plan(["fgsm"], GRID, EvalConfig(**cfg), N)  # type: ignore[arg-type]
+    merged = aggregate(plan, sinks, dataset="toy", num_classes=10)
+    radius = {i: r.certified for s in sinks for i, r in s.stored(plan.certify[0]).items()}
+    assert [b.certified for b in merged.bounds["linf"]] == [radius[i] for i in range(N)]
+    ok = _clean_ok(merged).tolist()
+    for eps in EPS:
+        want = sum(ok[i] and (radius[i] or 0.0) >= eps for i in range(N))
+        assert merged.certified_row(eps).certified == want
+    uncertified = MemorySink()  # every cell but the certification
+    evaluate(model, toy, ["fgsm"], GRID, EvalConfig(batch_size=5, seed=2), sink=uncertified)
+    with pytest.raises(CheckpointError, match="certified linf eps=inf"):
+        aggregate(plan, [uncertified], dataset="toy", num_classes=10)
+
+
+def test_certification_is_refused_at_the_door(toy: Toy) -> None:
+    from advlab.oracle import CallableOracle
+
+    with pytest.raises(UnknownNameError, match="unknown certifier 'crwn'"):
+        EvalConfig(certify="crwn")
+    with pytest.raises(ConfigError, match="certify_steps"):
+        EvalConfig(certify="ibp", certify_steps=0)
+    with pytest.raises(ConfigError, match="not l0"):
+        make_plan(["jsma"], [ThreatModel("l0", 5)], EvalConfig(certify="ibp"), 4)
+    model = make_cnn()
+    scores = CallableOracle(lambda x: model(x).detach(), returns="scores")
+    with pytest.raises(ConfigError, match="hides them"):
+        _run(toy, scores, config={"certify": "ibp"})
+    gelu = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.GELU())
+    sink = MemorySink()
+    with pytest.raises(ConfigError, match=r"cannot bound layer 2 \(GELU\)"):
+        _run(toy, gelu, sink=sink, config={"certify": "crown"})
+    assert sink.cells == {}  # refused before the clean pass

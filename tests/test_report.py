@@ -151,3 +151,98 @@ def test_json_report_parses_back(ev: Evaluation, tmp_path: Path) -> None:
     assert zero["median_norm"] is None  # NaN (no successes) becomes null
     assert [e["index"] for e in got["examples"]] == [e.index for e in ev.examples]
     assert sorted(p.name for p in path.parent.iterdir()) == ["report.json"]  # no temp files left
+
+
+# -- certification ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cert_ev() -> Evaluation:
+    model = make_cnn()
+    x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    return evaluate(model, _toy(x, model), ["fgsm", AttackConfig("pgd", {"steps": 3}), "deepfool"],
+                    [ThreatModel("linf", e) for e in (0.0, 0.01, 0.03)],
+                    EvalConfig(batch_size=8, keep_examples=4, certify="crown"),
+                    provenance={"torch": "9.9-test"})  # fmt: skip
+
+
+def _section(html: str, name: str) -> str:
+    body = html[html.index(f'<section id="{name}">') :]
+    return body[: body.index("</section>")]
+
+
+def test_certified_section_appears_only_with_certified_data(
+    ev: Evaluation, cert_ev: Evaluation
+) -> None:
+    plain = render_html(ev)
+    assert 'id="certified"' not in plain and "certified (" not in plain
+    html = render_html(cert_ev)
+    assert html.index('id="curve"') < html.index('id="certified"') < html.index('id="examples"')
+    section = _section(html, "certified")
+    assert "Certified vs attack radius" in section and "crown, 15 bisection steps" in section
+    assert len(_pngs(section)) == 1 and len(_pngs(html)) == 3  # curve, bounds, examples
+    bounds = cert_ev.bounds["linf"]
+    correct = [b for b in bounds if b.correct]
+    assert f"{len(correct)} of {len(bounds)}" in section
+    # the widest-gap table lists the broken samples with the largest gaps, widest first
+    broken = sorted((b for b in correct if b.attack_norm is not None),
+                    key=lambda b: -(b.gap or 0.0))  # fmt: skip
+    rows = re.findall(r"<tr><td>#(\d+)</td><td>(\d+)</td><td[^>]*>([^<]*)</td>\s*"
+                      r"<td[^>]*>([^<]*)</td><td>([^<]*)</td><td[^>]*>([^<]*)</td></tr>",
+                      section)  # fmt: skip
+    assert rows and len(rows) == min(10, len(broken))
+    for row, b in zip(rows, broken, strict=False):
+        assert row == (str(b.index), str(b.label), fmt_num(b.certified), fmt_num(b.attack_norm),
+                       b.attack, fmt_num(b.gap))  # fmt: skip
+
+
+def test_summary_table_has_certified_rows(cert_ev: Evaluation) -> None:
+    body = _section(render_html(cert_ev), "summary")
+    for c in cert_ev.certified:
+        cells = [fmt_num(c.eps), fmt_pct(c.certified_accuracy),
+                 f"[{fmt_pct(c.ci_low)}, {fmt_pct(c.ci_high)}]", "–", "–", "–"]  # fmt: skip
+        found = re.findall(r'<tr class="certified[^"]*">\s*<td>certified \(crown\)</td>\s*'
+                           + r"\s*".join(rf'<td[^>]*>{re.escape(v)}</td>' for v in cells), body)  # fmt: skip
+        assert len(found) == 1, c
+        worst = cert_ev.row(WORST_CASE, c.eps)
+        assert c.certified_accuracy <= worst.robust_accuracy  # a lower bound under the attacks
+
+
+def test_certified_json_holds_the_section_data(cert_ev: Evaluation, tmp_path: Path) -> None:
+    path = write_json_report(tmp_path / "report.json", cert_ev, {"model": "cnn"})
+    text = path.read_text(encoding="utf-8")
+    assert "NaN" not in text and "Infinity" not in text
+    data = json.loads(text)
+    got = data["evaluation"]
+    assert [(c["eps"], c["certified"], c["certified_accuracy"]) for c in got["certified"]] == [
+        (c.eps, c.certified, c.certified_accuracy) for c in cert_ev.certified
+    ]
+    assert [b["index"] for b in got["bounds"]["linf"]] == list(range(16))
+    for b, want in zip(got["bounds"]["linf"], cert_ev.bounds["linf"], strict=True):
+        assert b["certified"] == want.certified and b["attack_norm"] == want.attack_norm
+        assert b["gap"] == want.gap
+    summary = data["certified_vs_attack"]["linf"]
+    assert summary["unsound"] == [] and summary["correct"] == sum(
+        b.correct for b in cert_ev.bounds["linf"]
+    )
+    assert [w["index"] for w in summary["widest"]] == [
+        int(i) for i in re.findall(r"<tr><td>#(\d+)</td>", _section(render_html(cert_ev), "certified"))
+    ]  # fmt: skip
+    from dataclasses import replace
+
+    uncertified = replace(cert_ev, certified=(), bounds={})
+    plain = json.loads(write_json_report(tmp_path / "p.json", uncertified).read_text())
+    assert "certified_vs_attack" not in plain and plain["evaluation"]["certified"] == []
+
+
+def test_unsound_bounds_are_flagged(cert_ev: Evaluation) -> None:
+    from dataclasses import replace
+
+    bounds = list(cert_ev.bounds["linf"])
+    j = next(i for i, b in enumerate(bounds) if b.correct and b.attack_norm is not None)
+    bad = replace(bounds[j], certified=bounds[j].attack_norm + 0.5)
+    bounds[j] = bad
+    html = render_html(replace(cert_ev, bounds={"linf": tuple(bounds)}))
+    warn = re.search(r'<p class="warn">(.*?)</p>', html, re.S)
+    assert warn and f"#{bad.index}" in warn.group(1) and "1 sample(s)" in warn.group(1)
+    assert 'class="warn"' not in render_html(cert_ev)

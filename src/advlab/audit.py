@@ -3,7 +3,10 @@
 ``advlab audit`` with no arguments trains the default ``papernot-mnist`` model on the embedded
 ``mnist5k`` data (or reuses the copy cached in :func:`advlab.paths.cache_dir`), runs FGSM and
 PGD over an L-inf eps grid on the 1,000 test images, and writes the records to the run store and
-an HTML and JSON report.
+an HTML and JSON report. With ``certify`` (``advlab audit --certify``) it then computes each
+sample's certified radius (:mod:`advlab.evaluate.certification`), and the reports set the
+certified accuracy beside the robust accuracy and each sample's certified radius beside its
+smallest adversarial perturbation.
 
 Runs are leased (:mod:`advlab.store.lease`): an interrupted audit is resumed by the next identical
 one (the store keeps every finished batch), an identical audit that is still running in another
@@ -19,10 +22,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from torch import nn
+from torch import Tensor, nn
 
 from advlab.attacks import get_attack
 from advlab.attacks.base import probe
@@ -30,13 +34,22 @@ from advlab.data import Dataset, load_dataset
 from advlab.defenses import TrainConfig, train_and_save
 from advlab.errors import ConfigError, LeaseLost
 from advlab.evaluate import AttackConfig, EvalConfig, Evaluation, evaluate
+from advlab.evaluate.certification import (
+    CertifiedSummary,
+    certifiable,
+    certified_accuracy,
+    certified_radii,
+    clean_correct,
+)
 from advlab.evaluate.engine import summary as run_summary
-from advlab.fileio import check_writable_folder
+from advlab.evaluate.plan import CERTIFIABLE_NORMS
+from advlab.evaluate.stats import wilson_interval
+from advlab.fileio import atomic_write_json, check_writable_folder
 from advlab.models import load_model
 from advlab.oracle import ModuleOracle, Oracle
 from advlab.paths import cache_dir
 from advlab.provenance import capture
-from advlab.registry import MODELS
+from advlab.registry import CERTIFIERS, MODELS
 from advlab.report import write_html_report, write_json_report
 from advlab.store import RunStore, StoreSink
 from advlab.store.lease import STALE_SECONDS, Heartbeat, claim, owner_id
@@ -69,6 +82,8 @@ class AuditConfig:
         training: overrides of :class:`~advlab.defenses.TrainConfig`'s defaults for the
             default model.
         unsafe_allow_pickle: allow loading a pickled model (runs code from the file).
+        certify: a certifier (``advlab list certifiers``) computing each sample's certified
+            radius after the attacks, or ``None``.
     """
 
     model: str = "papernot-mnist"
@@ -84,6 +99,7 @@ class AuditConfig:
     seed: int = 0
     training: dict[str, Any] = field(default_factory=dict)
     unsafe_allow_pickle: bool = False
+    certify: str | None = None
 
     def __post_init__(self) -> None:
         if not self.eps:
@@ -102,26 +118,30 @@ class AuditConfig:
         if self.batch_size < 1 or self.steps < 1:
             raise ConfigError("batch_size and steps must be >= 1")
         TrainConfig.from_dict({**TrainConfig().to_dict(), **self.training})
+        if self.certify is not None:
+            CERTIFIERS.entry(self.certify)  # UnknownNameError listing the certifiers
+            if self.norm not in CERTIFIABLE_NORMS:
+                raise ConfigError(
+                    f"certification bounds {', '.join(CERTIFIABLE_NORMS)} balls, not "
+                    f"{self.norm!r}; drop --certify or use another --norm"
+                )
 
     def threats(self) -> list[ThreatModel]:
         """The grid as threat models."""
-        for e in self.eps:
-            if (
-                not isinstance(e, int | float)
-                or e != e
-                or e in (float("inf"), float("-inf"))
-                or e < 0
-            ):
-                raise ConfigError(
-                    f"each eps of the grid must be a finite number >= 0 (inf means unbounded, "
-                    f"which only a minimal attack's own threat model allows), got {e!r}"
-                )
-        return [ThreatModel(self.norm, e) for e in self.eps]
+        return _grid(self.norm, self.eps)
 
     def to_dict(self) -> dict[str, Any]:
+        """The configuration as stored with the run (and matched to resume one). ``certify``
+        is left out when unset, so audits without it match the runs of earlier versions."""
         d = asdict(self)
         d["eps"], d["attacks"] = list(self.eps), list(self.attacks)
+        if self.certify is None:
+            del d["certify"]
         return d
+
+    def eval_config(self) -> EvalConfig:
+        """How the audit's evaluation runs."""
+        return EvalConfig(batch_size=self.batch_size, seed=self.seed, certify=self.certify)
 
     def attack_configs(self) -> list[AttackConfig]:
         out = []
@@ -134,9 +154,120 @@ class AuditConfig:
     def training_config(self) -> TrainConfig:
         """How the default model is trained: TrainConfig's defaults, the audit's seed, and the
         ``training`` overrides."""
-        return TrainConfig.from_dict(
-            {**TrainConfig().to_dict(), "seed": self.seed, **self.training}
-        )
+        return _training_config(self.seed, self.training)
+
+
+def _grid(norm: str, eps: tuple[float, ...]) -> list[ThreatModel]:
+    for e in eps:
+        if not isinstance(e, int | float) or e != e or e in (float("inf"), float("-inf")) or e < 0:
+            raise ConfigError(
+                f"each eps of the grid must be a finite number >= 0 (inf means unbounded, "
+                f"which only a minimal attack's own threat model allows), got {e!r}"
+            )
+    return [ThreatModel(norm, e) for e in eps]
+
+
+@dataclass(frozen=True)
+class CertifyConfig:
+    """What ``advlab certify`` computes: certified accuracy at each eps and/or each sample's
+    certified radius, of a model on the first ``n`` test samples of a dataset.
+
+    Attributes:
+        model, data, data_dir, factory, seed, training, unsafe_allow_pickle: the model and
+            data, found as the audit finds them (a zoo model is trained and cached with the
+            audit's settings, so both commands use one copy).
+        method: a registered certifier (``advlab list certifiers``).
+        norm: ``linf``, ``l2`` or ``l1``.
+        eps: radii at which to report certified accuracy (may be empty with ``radius``).
+        radius: also search each sample's certified radius by bisection.
+        steps: bisection steps of that search.
+        n: number of test samples (the first n), ``None`` for all.
+        batch_size: samples bounded at once.
+    """
+
+    model: str = "papernot-mnist"
+    data: str = "mnist5k"
+    data_dir: str | None = None
+    factory: str | None = None
+    method: str = "crown"
+    norm: str = "linf"
+    eps: tuple[float, ...] = ()
+    radius: bool = False
+    steps: int = 15
+    n: int | None = 100
+    batch_size: int = 250
+    seed: int = 0
+    training: dict[str, Any] = field(default_factory=dict)
+    unsafe_allow_pickle: bool = False
+
+    def __post_init__(self) -> None:
+        CERTIFIERS.entry(self.method)  # UnknownNameError listing the certifiers
+        if self.norm not in CERTIFIABLE_NORMS:
+            raise ConfigError(
+                f"certification bounds {', '.join(CERTIFIABLE_NORMS)} balls, not {self.norm!r}"
+            )
+        self.threats()  # validates each eps
+        if len(set(self.eps)) != len(self.eps):
+            raise ConfigError(f"an eps is listed twice in {list(self.eps)}; list each once")
+        if not self.eps and not self.radius:
+            raise ConfigError(
+                "nothing to certify: pass --eps (certified accuracy at those radii) and/or "
+                "--radius (each sample's certified radius)"
+            )
+        if self.n is not None and self.n < 1:
+            raise ConfigError(f"n must be >= 1, got {self.n}")
+        if self.batch_size < 1 or self.steps < 1:
+            raise ConfigError("batch_size and steps must be >= 1")
+        TrainConfig.from_dict({**TrainConfig().to_dict(), **self.training})
+
+    def threats(self) -> list[ThreatModel]:
+        """The radii as threat models, ascending."""
+        return _grid(self.norm, tuple(sorted(self.eps)))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["eps"] = sorted(self.eps)
+        return d
+
+    def training_config(self) -> TrainConfig:
+        """How a zoo model is trained: as the audit trains it."""
+        return _training_config(self.seed, self.training)
+
+
+@dataclass
+class CertifyOutcome:
+    """What :func:`run_certify` computed.
+
+    Attributes:
+        rows: certified accuracy at each eps, ascending (empty without ``eps``).
+        correct: ``(n,)`` bool, classified correctly clean.
+        radii: ``(n,)`` certified radii (``0`` where misclassified), with ``radius``.
+        json: the JSON result, where an output folder was given.
+    """
+
+    config: CertifyConfig
+    model_info: dict[str, Any]
+    n: int
+    clean_accuracy: float
+    clean_ci: tuple[float, float]
+    rows: list[CertifiedSummary]
+    correct: Tensor
+    radii: Tensor | None
+    json: Path | None
+    wall_time: float
+
+    def radius_stats(self) -> dict[str, Any] | None:
+        """Mean and median certified radius over the correctly classified samples."""
+        if self.radii is None:
+            return None
+        r = self.radii[self.correct.cpu()]
+        return {
+            "over": "correctly classified samples", "n": int(r.numel()),
+            "mean": float(r.mean()) if r.numel() else None,
+            "median": float(r.quantile(0.5)) if r.numel() else None,
+            "min": float(r.min()) if r.numel() else None,
+            "max": float(r.max()) if r.numel() else None,
+        }  # fmt: skip
 
 
 @dataclass
@@ -159,7 +290,29 @@ def check_out_dir(out_dir: Path) -> Path:
     return check_writable_folder(out_dir, f"--out {out_dir}")
 
 
-def prepare_model(cfg: AuditConfig, progress: Progress | None) -> tuple[nn.Module, dict[str, Any]]:
+class ModelSource(Protocol):
+    """Where a model comes from (an :class:`AuditConfig` or a :class:`CertifyConfig`): a zoo
+    name trained on ``data`` with the audit's training settings and cached (so every command
+    shares one copy), or a path to a saved model."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def data(self) -> str: ...
+    @property
+    def data_dir(self) -> str | None: ...
+    @property
+    def factory(self) -> str | None: ...
+    @property
+    def unsafe_allow_pickle(self) -> bool: ...
+    def training_config(self) -> TrainConfig: ...
+
+
+def _training_config(seed: int, training: dict[str, Any]) -> TrainConfig:
+    return TrainConfig.from_dict({**TrainConfig().to_dict(), "seed": seed, **training})
+
+
+def prepare_model(cfg: ModelSource, progress: Progress | None) -> tuple[nn.Module, dict[str, Any]]:
     """Load the user's model, or train (or reuse the cached copy of) the zoo model."""
     if cfg.model not in MODELS:
         path = Path(cfg.model).expanduser()
@@ -183,7 +336,8 @@ def prepare_model(cfg: AuditConfig, progress: Progress | None) -> tuple[nn.Modul
     return model, {"source": str(weights), "cached": False, **meta}
 
 
-def _input_shape(meta: dict[str, Any]) -> tuple[int, ...] | None:
+def input_shape(meta: dict[str, Any]) -> tuple[int, ...] | None:
+    """The per-sample input shape a model's metadata records, if any."""
     shape = (meta.get("arch_kwargs") or {}).get("in_shape")
     return tuple(int(s) for s in shape) if isinstance(shape, list | tuple) else None
 
@@ -205,8 +359,10 @@ def run_audit(
     splits = load_dataset(cfg.data, data_dir=cfg.data_dir)
     test: Dataset = splits.test.take(cfg.n)
     model, model_info = prepare_model(cfg, progress)
-    oracle = probe(ModuleOracle(model, input_shape=_input_shape(model_info)), test.x,
+    oracle = probe(ModuleOracle(model, input_shape=input_shape(model_info)), test.x,
                    test.num_classes)  # fmt: skip
+    if cfg.certify is not None:
+        certifiable(oracle, cfg.certify)  # an unsupported layer fails here, before any run
     config = cfg.to_dict()
     config["model_sha256"] = model_info.get("weights_sha256")
     provenance = capture(seed=cfg.seed, config=config)
@@ -257,9 +413,8 @@ def _evaluate(
 ) -> Evaluation:
     """The audit's evaluation: computed into ``sink``, or read back where it holds everything."""
     return evaluate(
-        oracle, test, cfg.attack_configs(), cfg.threats(),
-        EvalConfig(batch_size=cfg.batch_size, seed=cfg.seed), sink=sink, progress=progress,
-        provenance=provenance,
+        oracle, test, cfg.attack_configs(), cfg.threats(), cfg.eval_config(), sink=sink,
+        progress=progress, provenance=provenance,
     )  # fmt: skip
 
 
@@ -304,3 +459,69 @@ def _reuse(
     ev = _evaluate(cfg, oracle, test, StoreSink(store, run_id), run.provenance, None)
     html = Path((run.summary or {}).get("report") or out_dir / run_id / "report.html")
     return AuditOutcome(run_id, ev, model_info, html, html.with_name("report.json"), reused=True)
+
+
+#: Identifies the JSON file ``advlab certify --out`` writes; bumped on incompatible changes.
+CERTIFY_FORMAT, CERTIFY_FORMAT_VERSION = "advlab-certify", 1
+
+
+def run_certify(
+    cfg: CertifyConfig, *, out_dir: Path | None = None, progress: Progress | None = None
+) -> CertifyOutcome:
+    """``advlab certify``: certified accuracy at each eps (each sample's margins bounded at that
+    radius) and, with ``radius``, each sample's certified radius (bisection); with ``out_dir``
+    the result goes to ``out_dir/certify-<method>-<norm>.json``, written atomically.
+
+    Raises:
+        ConfigError: the output folder cannot be written, or the model has a layer the bounds
+            do not support (checked before any bound is computed).
+    """
+    t0 = time.perf_counter()
+    if out_dir is not None:
+        out_dir = check_out_dir(out_dir)
+    splits = load_dataset(cfg.data, data_dir=cfg.data_dir)
+    test: Dataset = splits.test.take(cfg.n)
+    model, model_info = prepare_model(cfg, progress)
+    oracle = probe(ModuleOracle(model, input_shape=input_shape(model_info)), test.x,
+                   test.num_classes)  # fmt: skip
+    certifiable(oracle, cfg.method)
+    provenance = capture(seed=cfg.seed, config=cfg.to_dict())
+    correct = clean_correct(oracle, test.x, test.y, cfg.batch_size)
+    rows = certified_accuracy(oracle, test.x, test.y, cfg.threats(), method=cfg.method,
+                              batch_size=cfg.batch_size, progress=progress)  # fmt: skip
+    radii = None
+    if cfg.radius:
+        radii = certified_radii(oracle, test.x, test.y, cfg.norm, method=cfg.method,
+                                steps=cfg.steps, batch_size=cfg.batch_size, progress=progress)  # fmt: skip
+    n, k = len(test), int(correct.sum())
+    out = CertifyOutcome(
+        config=cfg, model_info=model_info, n=n, clean_accuracy=k / n,
+        clean_ci=wilson_interval(k, n), rows=rows, correct=correct.cpu(), radii=radii,
+        json=None, wall_time=time.perf_counter() - t0,
+    )  # fmt: skip
+    if out_dir is not None:
+        info = {k: v for k, v in model_info.items() if k != "versions"}
+        doc = {
+            "format": CERTIFY_FORMAT,
+            "format_version": CERTIFY_FORMAT_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": info | {"name": cfg.model},
+            "dataset": {"name": cfg.data, "n": n, **splits.meta},
+            "config": cfg.to_dict(),
+            "clean_accuracy": out.clean_accuracy,
+            "clean_ci": list(out.clean_ci),
+            "certified": [r.to_dict() for r in rows],
+            "radius": None if radii is None else {
+                "method": cfg.method, "norm": cfg.norm, "steps": cfg.steps,
+                **(out.radius_stats() or {}),
+                "samples": [
+                    {"index": i, "label": int(y), "correct": bool(c), "certified": float(r)}
+                    for i, (y, c, r) in enumerate(zip(test.y.tolist(), out.correct.tolist(),
+                                                      radii.tolist(), strict=True))
+                ],
+            },
+            "provenance": provenance,
+            "wall_time": time.perf_counter() - t0,
+        }  # fmt: skip
+        out.json = atomic_write_json(out_dir / f"certify-{cfg.method}-{cfg.norm}.json", doc)
+    return out

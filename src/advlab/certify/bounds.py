@@ -684,6 +684,13 @@ def margin_bounds(
     _check(x, y, threat, eps)
     e = _eps(threat, x, eps)
     inter = "ibp" if method in ("ibp", "crown-ibp") else "crown"
+    if method == "alpha-crown":  # slopes are optimized; the weights are constants here
+        with torch.no_grad():
+            bounder = Bounder(model, x, threat, e, inter, chunk)
+            out = bounder.lower(margin_spec(y, bounder.shapes[-1][1], x.dtype)).T
+        spec = margin_spec(y, bounder.shapes[-1][1], x.dtype)
+        out = torch.maximum(out, _optimize_slopes(bounder, spec, alpha_steps, alpha_lr).T)
+        return out.scatter(1, y[:, None], math.inf)
     bounder = Bounder(model, x, threat, e, inter, chunk)
     if method == "ibp":
         lo, hi = bounder.ibp()
@@ -692,8 +699,6 @@ def margin_bounds(
         num_classes = bounder.shapes[-1][1]
         spec = margin_spec(y, num_classes, x.dtype)
         out = bounder.lower(spec).T
-        if method == "alpha-crown":
-            out = torch.maximum(out, _optimize_slopes(bounder, spec, alpha_steps, alpha_lr).T)
     return out.scatter(1, y[:, None], math.inf)
 
 
@@ -739,21 +744,27 @@ def _optimize_slopes(bounder: Bounder, spec: Tensor, steps: int, lr: float) -> T
     best = torch.full(spec.shape[:2], -math.inf, dtype=spec.dtype, device=spec.device)
     bounder.alphas = params
     try:
-        for step in range(steps + 1):
-            bounder.box = dict(fixed)
-            for j in starts:
-                lo, hi = bounder._crown_bounds(j, whole=True)
-                bounder.box[j] = (torch.maximum(lo, fixed[j][0]), torch.minimum(hi, fixed[j][1]))
-            bound = bounder.lower(spec)
-            best = torch.maximum(best, bound.detach())
-            if step == steps:
-                break
-            opt.zero_grad()
-            (-bound.sum()).backward()
-            opt.step()
-            with torch.no_grad():
-                for p in params.values():
-                    p.clamp_(0, 1)
+        with torch.enable_grad():  # the caller may be in no_grad mode
+            for step in range(steps + 1):
+                bounder.box = dict(fixed)
+                for j in starts:
+                    lo, hi = bounder._crown_bounds(j, whole=True)
+                    bounder.box[j] = (
+                        torch.maximum(lo, fixed[j][0]),
+                        torch.minimum(hi, fixed[j][1]),
+                    )
+                bound = bounder.lower(spec)
+                best = torch.maximum(best, bound.detach())
+                if step == steps:
+                    break
+                # gradients for the slopes only: the model's own .grad stays untouched
+                grads = torch.autograd.grad(-bound.sum(), list(params.values()))
+                for p, g in zip(params.values(), grads, strict=True):
+                    p.grad = g
+                opt.step()
+                with torch.no_grad():
+                    for p in params.values():
+                        p.clamp_(0, 1)
     finally:
         bounder.alphas, bounder.box = {}, fixed
     return best
@@ -792,7 +803,7 @@ def certified_radius(
     hi_e = torch.as_tensor(top, dtype=x.dtype, device=x.device).expand_as(lo_e).clone()
 
     def certified(e: Tensor) -> Tensor:
-        with torch.no_grad() if method != "alpha-crown" else torch.enable_grad():
+        with torch.no_grad():
             m = margin_bounds(model, x, y, threat, method=method, eps=e, **options)  # type: ignore[arg-type]
         if target is not None:
             return (m.detach().gather(1, target[:, None]) > 0).squeeze(1)
@@ -830,7 +841,7 @@ def certified(
             todo = ~ok
             if not bool(todo.any()):
                 break
-            with torch.no_grad() if method != "alpha-crown" else torch.enable_grad():
+            with torch.no_grad():
                 m = margin_bounds(model, xb[todo], yb[todo], threat, method=method, **options)  # type: ignore[arg-type]
             ok[todo] = (m.detach() > 0).all(dim=1)
         out.append(ok)

@@ -2,8 +2,15 @@
 plan -> run -> sink -> aggregate (see :mod:`advlab.evaluate.engine`)."""
 
 from advlab.evaluate.aggregate import Evaluation, aggregate, summarize
+from advlab.evaluate.certification import (
+    CertifiedSummary,
+    SampleBounds,
+    certified_accuracy,
+    certified_radii,
+)
 from advlab.evaluate.engine import evaluate, summary
 from advlab.evaluate.plan import (
+    CERTIFIED,
     CLEAN,
     WORST_CASE,
     AttackConfig,
@@ -18,9 +25,11 @@ from advlab.evaluate.sinks import JsonlSink, MemorySink, ResultSink
 from advlab.evaluate.stats import wilson_interval
 
 __all__ = [
+    "CERTIFIED",
     "CLEAN",
     "WORST_CASE",
     "AttackConfig",
+    "CertifiedSummary",
     "EvalConfig",
     "Evaluation",
     "JsonlSink",
@@ -28,8 +37,11 @@ __all__ = [
     "Plan",
     "ResultSink",
     "Row",
+    "SampleBounds",
     "aggregate",
     "attack_parameters",
+    "certified_accuracy",
+    "certified_radii",
     "evaluate",
     "make_plan",
     "run_batch",

@@ -17,6 +17,13 @@ Definitions (also used by the reports):
 * a minimal-perturbation attack runs once with ``eps = inf``; at each ``eps`` of the grid it
   succeeds on a sample when its perturbation has norm ``<= eps`` (:func:`advlab.threat.within`).
   Its rows report the queries and wall time of that single run. At ``eps = 0`` no attack runs.
+* with certification (``EvalConfig(certify=...)``), each sample's certified radius in a norm is
+  stored once, in the records of that norm's certification cell, and copied into the
+  ``certified`` field of every record of that norm in :attr:`Evaluation.records` (clean, each
+  attack, worst case). A sample is **certified at eps** when it is classified correctly and its
+  radius is ``>= eps`` (:mod:`advlab.evaluate.certification`); :attr:`Evaluation.certified`
+  holds the certified accuracy at each threat model, and :attr:`Evaluation.bounds` each
+  sample's certified radius beside the smallest adversarial example the attacks found.
 """
 
 from __future__ import annotations
@@ -31,6 +38,12 @@ import torch
 from torch import Tensor
 
 from advlab.errors import CheckpointError
+from advlab.evaluate.certification import (
+    CertifiedSummary,
+    SampleBounds,
+    sample_bounds,
+    summarize_certified,
+)
 from advlab.evaluate.plan import WORST_CASE, AttackConfig, Plan, Row
 from advlab.evaluate.sinks import ResultSink
 from advlab.evaluate.stats import wilson_interval
@@ -63,6 +76,11 @@ class Evaluation:
         config: the evaluation's configuration.
         provenance: what produced it (:func:`advlab.provenance.capture`).
         run_id: the run in the store, if it was stored there.
+        certified: with certification, the certified accuracy at each threat model of the
+            grid, in the grid's order (else empty).
+        bounds: with certification, per norm, each sample's certified radius and smallest
+            adversarial example found (:class:`~advlab.evaluate.certification.SampleBounds`),
+            by ascending dataset index.
     """
 
     dataset: str
@@ -79,6 +97,8 @@ class Evaluation:
     config: Mapping[str, Any] = field(default_factory=dict)
     provenance: Mapping[str, Any] = field(default_factory=dict)
     run_id: str | None = None
+    certified: tuple[CertifiedSummary, ...] = ()
+    bounds: Mapping[str, tuple[SampleBounds, ...]] = field(default_factory=dict)
 
     @property
     def norms(self) -> list[str]:
@@ -112,6 +132,14 @@ class Evaluation:
         """The rows of one attack in one norm, by ascending eps."""
         norm = norm or self.norm
         return [s for s in self.summaries if s.attack == attack and s.norm == norm]
+
+    def certified_row(self, eps: float, norm: str | None = None) -> CertifiedSummary:
+        """The certified accuracy at ``eps`` (in ``norm``, default the first)."""
+        norm = norm or self.norm
+        for c in self.certified:
+            if c.eps == float(eps) and c.norm == norm:
+                return c
+        raise KeyError(f"no certified accuracy at {norm} eps={eps} (certify was not requested?)")
 
     def robust(self, attack: str, eps: float, norm: str | None = None) -> Tensor:
         """``(n,)`` bool: which samples are robust in a row, by ascending dataset index."""
@@ -148,6 +176,8 @@ class Evaluation:
             "config": dict(self.config),
             "provenance": dict(self.provenance),
             "run_id": self.run_id,
+            "certified": [c.to_dict() for c in self.certified],
+            "bounds": {n: [b.to_dict() for b in bs] for n, bs in self.bounds.items()},
         }
 
 
@@ -219,7 +249,18 @@ def aggregate(
     if not isinstance(sinks, Sequence):
         sinks = [sinks]
     clean = _collect(plan, sinks, plan.clean)
-    records: dict[RowKey, list[SampleRecord]] = {plan.clean.key: clean}
+    by_cert = {cell.norm: _collect(plan, sinks, cell) for cell in plan.certify}
+    radius = {
+        norm: {r.index: float(r.certified or 0.0) for r in recs} for norm, recs in by_cert.items()
+    }
+
+    def certified(recs: list[SampleRecord], norm: str) -> list[SampleRecord]:
+        """``recs`` with the samples' certified radii in ``norm``, where certified."""
+        if norm not in radius:
+            return recs
+        return [replace(r, certified=radius[norm][r.index]) for r in recs]
+
+    records: dict[RowKey, list[SampleRecord]] = {plan.clean.key: certified(clean, plan.clean.norm)}
     summaries: list[Summary] = []
     by_cell = {cell.key: _collect(plan, sinks, cell) for cell in plan.cells}
     walls = {cell.key: sum(s.wall_time(cell) for s in sinks) for cell in plan.cells}
@@ -242,8 +283,11 @@ def aggregate(
                 recs, picks[row.key] = worst_case_records([records[r.key] for r in attack_rows])
                 wall = sum(s.wall_time for s in summaries if s.norm == threat.norm
                            and s.eps == threat.eps and s.attack != WORST_CASE)  # fmt: skip
+            if row.attack != WORST_CASE:  # (the worst case takes its records from these)
+                recs = certified(recs, threat.norm)
             records[row.key] = recs
             summaries.append(summarize(row, recs, wall))
+    cert_rows, bounds = _certification(plan, sinks, clean, by_cert, by_cell)
     n = len(clean)
     k = sum(r.clean_pred == r.label for r in clean)
     ex_threat = plan.example_threat
@@ -256,8 +300,34 @@ def aggregate(
         clean_ci=wilson_interval(k, n), summaries=tuple(summaries), records=records,
         examples=examples, example_eps=ex_threat.eps if ex_threat is not None else None,
         config=dict(config or {}), provenance=dict(provenance or {}),
-        run_id=run_id,
+        run_id=run_id, certified=cert_rows, bounds=bounds,
     )  # fmt: skip
+
+
+def _certification(
+    plan: Plan,
+    sinks: Sequence[ResultSink],
+    clean: list[SampleRecord],
+    by_cert: Mapping[str, list[SampleRecord]],
+    by_cell: Mapping[RowKey, list[SampleRecord]],
+) -> tuple[tuple[CertifiedSummary, ...], dict[str, tuple[SampleBounds, ...]]]:
+    """Certified accuracy at each threat model of a certified norm, and per sample the
+    certified radius beside the smallest adversarial example of every attack cell of that
+    norm (module docstring)."""
+    rows: list[CertifiedSummary] = []
+    bounds: dict[str, tuple[SampleBounds, ...]] = {}
+    for cell in plan.certify:
+        recs = by_cert[cell.norm]
+        wall = sum(s.wall_time(cell) for s in sinks)
+        for threat in plan.threats:
+            if threat.norm != cell.norm:
+                continue
+            k = sum(r.clean_pred == r.label and (r.certified or 0.0) >= threat.eps for r in recs)
+            rows.append(summarize_certified(str(cell.params["method"]), threat,
+                                            dict(cell.params), k, len(recs), wall))  # fmt: skip
+        attacked = [(c.attack, by_cell[c.key]) for c in plan.cells if c.norm == cell.norm]
+        bounds[cell.norm] = tuple(sample_bounds(clean, recs, attacked))
+    return tuple(rows), bounds
 
 
 def _examples(

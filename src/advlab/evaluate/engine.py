@@ -12,6 +12,10 @@ threat models, in four steps, each owned by one module:
    interrupted evaluation resumes, and ends with exactly the numbers of an uninterrupted one;
 4. **aggregate** (:mod:`advlab.evaluate.aggregate`): every number from the stored records.
 
+With ``EvalConfig(certify=method)`` the run step ends with a certification cell per norm
+(:mod:`advlab.evaluate.certification`): each correctly classified sample's certified radius,
+stored in its record's ``certified`` field, batch by batch and resumed like any cell.
+
 Randomness is keyed by sample (its dataset index) and cell, so results do not depend on the
 batch size, the order of the batches, or the shard that computed a sample: up to the model's own
 float round-off (a matrix product can change in its last bit with the batch size).
@@ -30,6 +34,7 @@ from torch import nn
 from advlab.data.base import DatasetLike
 from advlab.errors import ConfigError, ModelOutputError
 from advlab.evaluate.aggregate import Evaluation, aggregate
+from advlab.evaluate.certification import certifiable, certify_records
 from advlab.evaluate.plan import AttackConfig, EvalConfig, Plan, make_plan
 from advlab.evaluate.runner import clean_records, pred_tensor, run_batch
 from advlab.evaluate.sinks import MemorySink, ResultSink
@@ -67,13 +72,14 @@ def evaluate(
             (C&W, DeepFool, ...) run once per norm and are read at every radius.
         threats: a threat model or a list: the grid of radii (in one norm or several, one
             input box). ``eps = 0`` gives clean accuracy.
-        config: batch size, seed, examples and shard (:class:`EvalConfig`).
+        config: batch size, seed, examples, shard and certification (:class:`EvalConfig`).
         sink: where records go as each batch finishes, and what is resumed from (default: a
             fresh :class:`MemorySink`). Use :class:`advlab.store.StoreSink` for the run store.
-        progress: called after each batch with a dict: ``stage`` (``"clean"`` or
-            ``"attack"``), ``attack``, ``norm``, ``eps``, ``done``, ``total``, ``batch``,
-            ``batches``, ``resumed`` (read from the sink). An exception raised by it stops the
-            evaluation; the batches written so far are kept.
+        progress: called after each batch with a dict: ``stage`` (``"clean"``, ``"attack"``
+            or ``"certify"``), ``attack`` (the certifier for certification), ``norm``,
+            ``eps``, ``done``, ``total``, ``batch``, ``batches``, ``resumed`` (read from the
+            sink). An exception raised by it stops the evaluation; the batches written so far
+            are kept.
         provenance: what produced the run (default: captured now).
 
     Returns:
@@ -81,7 +87,8 @@ def evaluate(
 
     Raises:
         UnknownNameError: an unregistered attack.
-        ConfigError: bad parameters, or a sink whose records come from another model or data.
+        ConfigError: bad parameters, a sink whose records come from another model or data, or
+            certification of a model that is not a white-box module of supported layers.
         InputError: data outside the box, or of the wrong shape or dtype.
         ModelOutputError: malformed model outputs, or the wrong class count.
         BudgetExhausted: the oracle's total query budget cannot cover the clean pass.
@@ -100,6 +107,8 @@ def evaluate(
     if data.y.device != data.x.device:
         raise ConfigError(f"dataset {name!r} has x on {data.x.device} and y on {data.y.device}")
     oracle = as_oracle(model)
+    # certification reads the weights: refuse a model it cannot bound before any work
+    module = certifiable(oracle, config.certify) if config.certify is not None else None
     sink = sink if sink is not None else MemorySink()
     cfg = {
         "dataset": name, "n": plan.n_total, "num_classes": int(data.num_classes),
@@ -107,7 +116,7 @@ def evaluate(
         "attacks": [a.to_dict() for a in plan.attacks], **config.to_dict(),
     }  # fmt: skip
     prov = dict(provenance) if provenance is not None else capture(seed=config.seed, config=cfg)
-    _Runner(oracle, data, plan, sink, progress).run()
+    _Runner(oracle, data, plan, sink, progress, module).run()
     ev = aggregate(
         plan, sink, dataset=name, num_classes=int(data.num_classes), config=cfg,
         provenance=prov, run_id=getattr(sink, "run_id", None),
@@ -126,9 +135,11 @@ class _Runner:
         plan: Plan,
         sink: ResultSink,
         progress: Progress | None,
+        module: nn.Module | None = None,
     ) -> None:
         self.oracle, self.data, self.plan, self.sink = oracle, data, plan, sink
         self.progress = progress
+        self.module = module
         self.batches = plan.batches()
         self.done = [int(n) for n in torch.tensor([len(b) for b in self.batches]).cumsum(0)]
         self.shard = plan.config.shard[0] if plan.config.shard else None
@@ -144,6 +155,8 @@ class _Runner:
         self.clean()
         for cell in self.plan.cells:
             self.cell(cell)
+        for cell in self.plan.certify:
+            self.certify(cell)
 
     def clean(self) -> None:
         """Clean predictions of every sample, checked against what the sink holds."""
@@ -227,6 +240,27 @@ class _Runner:
                        done=self.done[b], total=self.done[-1], batch=b + 1,
                        batches=len(self.batches), resumed=resumed)  # fmt: skip
 
+    def certify(self, cell: Cell) -> None:
+        """Certified radii of every sample the sink does not hold yet for ``cell`` (one
+        certification cell per norm), batch by batch."""
+        assert self.module is not None
+        stored = self.sink.stored(cell)
+        dev = self.data.y.device
+        for b, batch in enumerate(self.batches):
+            todo = [i for i in batch.tolist() if i not in stored]
+            if todo:
+                idx = torch.tensor(todo, dtype=torch.long)
+                i = idx.to(dev)
+                t0 = time.perf_counter()
+                recs = certify_records(
+                    self.module, self.data.x[i], self.data.y[i], idx, self.clean_pred[i], cell,
+                    lower=self.lower, upper=self.upper, shard=self.shard,
+                )  # fmt: skip
+                self.sink.write(cell, recs, wall_time=time.perf_counter() - t0)
+            self._emit(stage="certify", attack=cell.params["method"], norm=cell.norm,
+                       eps=cell.eps, done=self.done[b], total=self.done[-1], batch=b + 1,
+                       batches=len(self.batches), resumed=not todo)  # fmt: skip
+
     def _examples(
         self,
         cell: Cell,
@@ -264,8 +298,9 @@ class _Runner:
 
 
 def summary(ev: Evaluation) -> dict[str, Any]:
-    """The short summary stored with a run: clean accuracy and the worst case per threat."""
-    return {
+    """The short summary stored with a run: clean accuracy and the worst case per threat (and
+    the certified accuracy, where certified)."""
+    out: dict[str, Any] = {
         "dataset": ev.dataset,
         "n": ev.n,
         "clean_accuracy": ev.clean_accuracy,
@@ -275,3 +310,10 @@ def summary(ev: Evaluation) -> dict[str, Any]:
             for s in ev.curve(norm=norm)
         ],
     }
+    if ev.certified:
+        out["certified"] = [
+            {"method": c.method, "norm": c.norm, "eps": c.eps,
+             "certified_accuracy": c.certified_accuracy}
+            for c in ev.certified
+        ]  # fmt: skip
+    return out

@@ -8,6 +8,9 @@ in one norm or several) and an :class:`EvalConfig`. :func:`make_plan` turns them
   ``> 0`` of each norm it supports, and every minimal-perturbation attack once per norm, with
   ``eps = inf`` (its perturbation is then read at each radius);
 * **rows** (:class:`Row`) to report: per threat model, one per attack and the worst case;
+* **certification cells** (with ``EvalConfig(certify=...)``): one per norm, named
+  :data:`CERTIFIED` with ``eps = inf``, whose records carry each sample's certified radius
+  (read at every radius of the grid, like a minimal attack's perturbation);
 * the **samples**: dataset indices, all of them or one shard's, cut into batches.
 
 Nothing here touches a model; the plan is a pure function of the configuration.
@@ -25,6 +28,7 @@ from torch import Tensor
 
 from advlab.attacks.base import AttackSpec, get_attack
 from advlab.errors import ConfigError
+from advlab.registry import CERTIFIERS
 from advlab.results import Cell
 from advlab.serialize import canonical_json
 from advlab.threat import NORMS, ThreatModel
@@ -33,7 +37,11 @@ from advlab.threat import NORMS, ThreatModel
 WORST_CASE = "worst-case"
 #: Name under which the clean predictions are stored (``eps = 0``).
 CLEAN = "clean"
-RESERVED = (WORST_CASE, CLEAN)
+#: Name of the cells holding certified radii (one per norm, ``eps = inf``).
+CERTIFIED = "certified"
+RESERVED = (WORST_CASE, CLEAN, CERTIFIED)
+#: The norms certification bounds.
+CERTIFIABLE_NORMS = ("linf", "l2", "l1")
 
 
 def attack_parameters(spec: AttackSpec) -> tuple[str, ...]:
@@ -113,6 +121,11 @@ class EvalConfig:
             of the first norm).
         shard: ``(k, n)`` to evaluate only the samples whose position ``i`` in the dataset has
             ``i % n == k``; :func:`~advlab.evaluate.aggregate` merges the shards' sinks.
+        certify: a certifier (``advlab list certifiers``: ``ibp``, ``crown-ibp``, ``crown``,
+            ``alpha-crown``) to compute, after the attacks, every correctly classified
+            sample's certified radius in each norm of the grid (:mod:`advlab.certify`), or
+            ``None``. Needs a white-box torch model of supported layers.
+        certify_steps: bisection steps of the certified radius search.
     """
 
     batch_size: int = 250
@@ -120,6 +133,8 @@ class EvalConfig:
     keep_examples: int = 8
     example_eps: float | None = None
     shard: tuple[int, int] | None = None
+    certify: str | None = None
+    certify_steps: int = 15
 
     def __post_init__(self) -> None:
         b = self.batch_size
@@ -138,12 +153,18 @@ class EvalConfig:
             if not (n >= 1 and 0 <= i < n):
                 raise ConfigError(f"shard (k, n) needs 0 <= k < n, got {self.shard!r}")
             object.__setattr__(self, "shard", (i, n))
+        if self.certify is not None:
+            CERTIFIERS.entry(self.certify)  # UnknownNameError listing the certifiers
+        st = self.certify_steps
+        if isinstance(st, bool) or not isinstance(st, int) or st < 1:
+            raise ConfigError(f"certify_steps must be an integer >= 1, got {st!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "batch_size": self.batch_size, "seed": self.seed,
             "keep_examples": self.keep_examples, "example_eps": self.example_eps,
-            "shard": list(self.shard) if self.shard else None,
+            "shard": list(self.shard) if self.shard else None, "certify": self.certify,
+            "certify_steps": self.certify_steps,
         }  # fmt: skip
 
 
@@ -171,7 +192,11 @@ class Row:
 
 @dataclass(frozen=True)
 class Plan:
-    """What an evaluation computes (see the module docstring)."""
+    """What an evaluation computes (see the module docstring).
+
+    ``certify`` holds the certification cells, one per norm of the grid (empty unless
+    ``config.certify`` is set); they run after the attack ``cells``.
+    """
 
     attacks: tuple[AttackConfig, ...]
     threats: tuple[ThreatModel, ...]
@@ -180,6 +205,7 @@ class Plan:
     clean: Cell
     cells: tuple[Cell, ...]
     rows: tuple[Row, ...]
+    certify: tuple[Cell, ...] = ()
 
     @property
     def indices(self) -> Tensor:
@@ -247,7 +273,8 @@ def make_plan(
 
     Raises:
         ConfigError: no attacks, an attack listed twice, an attack that supports none of the
-            norms, a norm no attack supports, or a bad grid.
+            norms, a norm no attack supports, a bad grid, or certification of a norm it does
+            not bound.
     """
     if isinstance(attacks, str | AttackConfig | Mapping):
         attacks = [attacks]
@@ -282,6 +309,17 @@ def make_plan(
             f"{[t.eps for t in grid if t.norm == norms[0] and t.eps > 0]}"
         )
 
+    certify: tuple[Cell, ...] = ()
+    if config.certify is not None:
+        bad = [n for n in norms if n not in CERTIFIABLE_NORMS]
+        if bad:
+            raise ConfigError(
+                f"certification bounds {', '.join(CERTIFIABLE_NORMS)} balls, not {bad[0]}; "
+                "drop the certifier or those threat models"
+            )
+        params = {"method": config.certify, "steps": config.certify_steps}
+        certify = tuple(Cell(CERTIFIED, n, math.inf, params) for n in norms)
+
     clean = Cell(CLEAN, norms[0], 0.0)
     cells: list[Cell] = []
     rows: list[Row] = []
@@ -301,4 +339,4 @@ def make_plan(
             rows.append(Row(c.name, t, source, params))
         names = [r.attack for r in rows if r.threat == t]
         rows.append(Row(WORST_CASE, t, None, {"attacks": names}))
-    return Plan(configs, grid, config, n_total, clean, tuple(cells), tuple(rows))
+    return Plan(configs, grid, config, n_total, clean, tuple(cells), tuple(rows), certify)

@@ -3,6 +3,7 @@
 from advlab.report.html import (
     SECTIONS,
     Section,
+    certified_section,
     curve_section,
     examples_section,
     fragment,
@@ -17,6 +18,7 @@ from advlab.report.json_report import json_report, write_json_report
 __all__ = [
     "SECTIONS",
     "Section",
+    "certified_section",
     "curve_section",
     "examples_section",
     "fragment",

@@ -2,7 +2,8 @@
 
 The page is a list of *sections*. A section is a function ``section(evaluation, extra) -> str``
 returning an HTML fragment (``""`` to leave itself out); :data:`SECTIONS` holds the default ones
-(header, summary table, robust accuracy against eps, example images). Later capabilities add
+(header, summary table, robust accuracy against eps, certified against attack radius where the
+evaluation was certified, training curves, example images). Later capabilities add
 their own by passing ``sections=[*SECTIONS, my_section]`` to :func:`write_html_report`, reading
 what they need from ``extra``. A section builds its fragment with :func:`fragment`, which renders
 a Jinja2 template with autoescaping, so values are always escaped; plots go in as PNG data URIs
@@ -27,6 +28,7 @@ import torch
 from markupsafe import Markup
 
 from advlab.evaluate.aggregate import Evaluation
+from advlab.evaluate.certification import SampleBounds, bounds_summary
 from advlab.evaluate.plan import WORST_CASE
 from advlab.fileio import atomic_write_text
 from advlab.serialize import plain
@@ -109,6 +111,10 @@ def _figure(width: float, height: float) -> Any:
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
+
+
+#: Colour of certified quantities in the plots (outside the attacks' C0, C1, ... cycle).
+CERTIFIED_COLOR = "#008080"
 
 
 # -- default sections -----------------------------------------------------------------------------
@@ -200,7 +206,10 @@ _SUMMARY = """
 A sample counts as robust when it is classified correctly both clean and under attack;
 <em>worst-case</em> counts it robust only if every attack failed on it. Intervals are Wilson 95%.
 Success rate is the fraction of correctly classified samples an attack flipped; the median
-{{ norm }} norm is taken over those.</p>
+{{ norm }} norm is taken over those.{% if method %} <em>certified ({{ method }})</em> counts a
+sample when it is classified correctly and its certified radius is at least eps: no perturbation
+within eps can change its prediction, so certified accuracy is a lower bound on the robust
+accuracy, which the attacks bound from above.{% endif %}</p>
 <table>
 <thead><tr>
   <th>attack</th><th class="num">eps</th><th class="num">robust accuracy</th><th class="num">95% CI</th>
@@ -209,7 +218,7 @@ Success rate is the fraction of correctly classified samples an attack flipped; 
 </tr></thead>
 <tbody>
 {% for r in rows %}
-<tr class="{% if r.attack == worst %}worst{% endif %}{% if r.first %} group-start{% endif %}">
+<tr class="{% if r.attack == worst %}worst{% endif %}{% if r.certified %}certified{% endif %}{% if r.first %} group-start{% endif %}">
   <td>{{ r.attack }}</td>
   <td class="num">{{ r.eps | num }}</td>
   <td class="num">{{ r.robust_accuracy | pct }}</td>
@@ -227,12 +236,23 @@ Success rate is the fraction of correctly classified samples an attack flipped; 
 
 
 def summary_section(ev: Evaluation, extra: Mapping[str, Any]) -> str:
-    """The table: attack, eps, robust accuracy with CI, success rate, median norm, cost."""
+    """The table: attack, eps, robust accuracy with CI, success rate, median norm, cost; with
+    certification, the certified accuracy after each eps's worst case."""
     rows = []
     last = None
+    cert = {(c.norm, c.eps): c for c in ev.certified}
     for s in ev.summaries:
-        rows.append({**s.to_dict(), "first": (s.norm, s.eps) != last and last is not None})
+        rows.append({**s.to_dict(), "first": (s.norm, s.eps) != last and last is not None,
+                     "certified": False})  # fmt: skip
         last = (s.norm, s.eps)
+        c = cert.get((s.norm, s.eps)) if s.attack == WORST_CASE else None
+        if c is not None:
+            rows.append({
+                "attack": f"certified ({c.method})", "eps": c.eps,
+                "robust_accuracy": c.certified_accuracy, "ci_low": c.ci_low,
+                "ci_high": c.ci_high, "success_rate": None, "median_norm": None,
+                "queries": None, "wall_time": c.wall_time, "first": False, "certified": True,
+            })  # fmt: skip
     return fragment(
         _SUMMARY,
         rows=rows,
@@ -241,6 +261,7 @@ def summary_section(ev: Evaluation, extra: Mapping[str, Any]) -> str:
         clean=ev.clean_accuracy,
         clean_lo=ev.clean_ci[0],
         clean_hi=ev.clean_ci[1],
+        method=ev.certified[0].method if ev.certified else None,
     )
 
 
@@ -250,7 +271,9 @@ _CURVE = """
 {% for norm, uri in plots %}
 <img src="{{ uri }}" class="plot" alt="robust accuracy against {{ norm }} eps, one line per attack and the worst case, with 95% intervals">
 {% endfor %}
-<p class="note">Shaded bands are Wilson 95% intervals; the dotted line is clean accuracy.</p>
+<p class="note">Shaded bands are Wilson 95% intervals; the dotted line is clean accuracy.{% if certified %}
+The dash-dotted line is the certified accuracy: the robust accuracy lies between it and the
+worst case.{% endif %}</p>
 </section>
 """
 
@@ -279,6 +302,14 @@ def robustness_plot(ev: Evaluation, norm: str | None = None) -> str:
             linewidth=2.2 if worst else 1.5, linestyle="--" if worst else "-",
             zorder=3 if worst else 2,
         )  # fmt: skip
+    cert = [c for c in ev.certified if c.norm == norm]
+    if cert:
+        eps = [c.eps for c in cert]
+        ax.fill_between(eps, [c.ci_low for c in cert], [c.ci_high for c in cert],
+                        color=CERTIFIED_COLOR, alpha=0.12, linewidth=0)  # fmt: skip
+        ax.plot(eps, [c.certified_accuracy for c in cert], marker="s", markersize=4,
+                color=CERTIFIED_COLOR,
+                linestyle="-.", linewidth=2.0, label=f"certified ({cert[0].method})")  # fmt: skip
     ax.axhline(ev.clean_accuracy, color="grey", linestyle=":", linewidth=1, label="clean")
     ax.set_xlabel(f"eps ({norm})")
     ax.set_ylabel("robust accuracy")
@@ -290,7 +321,8 @@ def robustness_plot(ev: Evaluation, norm: str | None = None) -> str:
 
 def curve_section(ev: Evaluation, extra: Mapping[str, Any]) -> str:
     """The robust-accuracy-against-eps plot."""
-    return fragment(_CURVE, plots=[(n, robustness_plot(ev, n)) for n in ev.norms])
+    return fragment(_CURVE, plots=[(n, robustness_plot(ev, n)) for n in ev.norms],
+                    certified=bool(ev.certified))  # fmt: skip
 
 
 _EXAMPLES = """
@@ -372,6 +404,110 @@ def examples_section(ev: Evaluation, extra: Mapping[str, Any]) -> str:
     return fragment(_EXAMPLES, uri=examples_plot(ev, names), reason="", k=len(ex), eps=eps)
 
 
+_CERTIFIED = """
+<section id="certified">
+<h2>Certified vs attack radius</h2>
+<p>Each correctly classified sample's smallest adversarial perturbation lies between two bounds:
+its <strong>certified radius</strong> ({{ method }}, {{ steps }} bisection steps), a lower bound
+(no perturbation within it changes the prediction), and the <strong>smallest adversarial
+example the attacks found</strong>, an upper bound (the perturbation of a minimal attack, or of a
+bounded attack at any eps of the grid, whichever is smallest). The gap between them is what a
+tighter certifier or a stronger attack could still close. A sample no attack broke has no upper
+bound.</p>
+{% for part in parts %}
+<h3>{{ part.norm }}</h3>
+<table class="facts">
+<tr><th>correctly classified</th><td class="num">{{ part.correct | num }} of {{ part.n | num }}</td>
+    <th>certified at a radius &gt; 0</th><td class="num">{{ part.certified_positive | num }}</td></tr>
+<tr><th>broken by an attack</th><td class="num">{{ part.broken | num }}</td>
+    <th>median certified radius</th><td class="num">{{ part.median_certified | num }}</td></tr>
+<tr><th>median attack radius</th><td class="num">{{ part.median_attack_norm | num }}</td>
+    <th>median gap</th><td class="num">{{ part.median_gap | num }}</td></tr>
+</table>
+{% if part.unsound %}
+<p class="warn"><strong>{{ part.unsound | length }} sample(s) have a certified radius above the
+norm of an adversarial example found for them</strong>: the certifier (or the attack's
+verification) is wrong on them: {% for b in part.unsound %}#{{ b.index }} (certified
+{{ b.certified | num }}, {{ b.attack }} {{ b.attack_norm | num }}){% if not loop.last %}, {% endif %}{% endfor %}.</p>
+{% endif %}
+{% if part.uri %}
+<img src="{{ part.uri }}" class="plot" alt="per-sample certified radius and smallest adversarial perturbation in {{ part.norm }}">
+<p class="note">Left: each correctly classified sample (sorted by its upper bound; samples no
+attack broke at the right), its certified radius and its smallest adversarial example, joined by
+the gap. Right: the fraction of correctly classified samples whose bound is at most r; the true
+minimal perturbation's curve lies between the two.</p>
+{% endif %}
+{% if part.widest %}
+<h4>Widest gaps</h4>
+<table>
+<thead><tr><th>sample</th><th>label</th><th class="num">certified radius</th>
+<th class="num">attack radius</th><th>attack</th><th class="num">gap</th></tr></thead>
+<tbody>
+{% for b in part.widest %}
+<tr><td>#{{ b.index }}</td><td>{{ b.label }}</td><td class="num">{{ b.certified | num }}</td>
+<td class="num">{{ b.attack_norm | num }}</td><td>{{ b.attack }}</td><td class="num">{{ b.gap | num }}</td></tr>
+{% endfor %}
+</tbody>
+</table>
+{% endif %}
+{% endfor %}
+</section>
+"""
+
+
+def bounds_plot(bounds: Sequence[SampleBounds], norm: str, method: str) -> str:
+    """Per-sample certified radius and smallest adversarial example (sorted), and the two
+    distributions, as a data URI."""
+    ok = [b for b in bounds if b.correct]
+    order = sorted(ok, key=lambda b: (b.attack_norm is None, b.attack_norm or 0.0, b.certified))
+    fig = _figure(9.6, 3.8)
+    left, right = fig.subplots(1, 2)
+    xs = range(len(order))
+    upper = [
+        (i, b.attack_norm) for i, b in zip(xs, order, strict=True) if b.attack_norm is not None
+    ]
+    left.vlines([i for i, _ in upper], [order[i].certified for i, _ in upper],
+                [u for _, u in upper], color="grey", alpha=0.35, linewidth=0.8)  # fmt: skip
+    left.scatter(list(xs), [b.certified for b in order], s=9, color=CERTIFIED_COLOR,
+                 label=f"certified ({method}): lower bound")  # fmt: skip
+    if upper:
+        left.scatter(*zip(*upper, strict=True), s=9, color="C3", label="attack: upper bound")
+    left.set_xlabel("correctly classified samples, by upper bound")
+    left.set_ylabel(f"radius ({norm})")
+    left.grid(True, alpha=0.3)
+    left.legend(loc="upper left", fontsize="small", frameon=False)
+    k = max(len(ok), 1)
+    for values, color, label in (
+        (sorted(b.certified for b in ok), CERTIFIED_COLOR, "certified radius"),
+        (sorted(b.attack_norm for b in ok if b.attack_norm is not None), "C3",
+         "smallest adversarial example"),
+    ):  # fmt: skip
+        if values:
+            right.step([0.0, *values], [j / k for j in range(len(values) + 1)], where="post",
+                       color=color, label=label)  # fmt: skip
+    right.set_xlabel(f"r ({norm})")
+    right.set_ylabel("fraction of correct samples <= r")
+    right.set_ylim(0.0, 1.02)
+    right.grid(True, alpha=0.3)
+    right.legend(loc="lower right", fontsize="small", frameon=False)
+    return png_data_uri(fig)
+
+
+def certified_section(ev: Evaluation, extra: Mapping[str, Any]) -> str:
+    """Certified radius against the smallest adversarial example, per sample; empty when the
+    evaluation was not certified."""
+    if not ev.bounds or not ev.certified:
+        return ""
+    method = ev.certified[0].method
+    parts = []
+    for norm, bounds in ev.bounds.items():
+        part = bounds_summary(bounds, norm)
+        part["uri"] = bounds_plot(bounds, norm, method) if part["correct"] else None
+        parts.append(part)
+    return fragment(_CERTIFIED, parts=parts, method=method,
+                    steps=ev.certified[0].params.get("steps", "?"))  # fmt: skip
+
+
 _TRAINING = """
 <section id="training">
 <h2>Training curves</h2>
@@ -431,7 +567,8 @@ def training_section(ev: Evaluation, extra: Mapping[str, Any]) -> str:
 
 #: The default sections, in page order.
 SECTIONS: list[Section] = [
-    header_section, summary_section, curve_section, training_section, examples_section,
+    header_section, summary_section, curve_section, certified_section, training_section,
+    examples_section,
 ]  # fmt: skip
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from advlab.evaluate.aggregate import Evaluation
+from advlab.evaluate.certification import bounds_summary
 from advlab.fileio import atomic_write_json
 from advlab.serialize import plain
 
@@ -19,14 +20,23 @@ FORMAT_VERSION = 2
 
 def json_report(evaluation: Evaluation, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The report as a dict: format tag, creation time, ``extra`` (model, dataset, ...) and the
-    evaluation's :meth:`~advlab.evaluate.Evaluation.to_dict` (rows, provenance, run id)."""
-    return {
+    evaluation's :meth:`~advlab.evaluate.Evaluation.to_dict` (rows, provenance, run id; with
+    certification, the certified accuracy per eps and each sample's certified radius beside
+    its smallest adversarial example). With certification, ``certified_vs_attack`` holds what
+    the HTML report's section shows, per norm (counts, medians, widest gaps, unsound samples).
+    """
+    out = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "extra": plain(dict(extra or {}), strict=False),
         "evaluation": plain(evaluation.to_dict(), strict=False),
     }
+    if evaluation.bounds:
+        out["certified_vs_attack"] = plain(
+            {n: bounds_summary(b, n) for n, b in evaluation.bounds.items()}, strict=False
+        )
+    return out
 
 
 def write_json_report(
