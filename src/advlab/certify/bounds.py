@@ -305,8 +305,9 @@ def _transpose(layer: nn.Module, a: Tensor, in_shape: torch.Size) -> Tensor:
     if isinstance(layer, nn.Linear):
         return a @ layer.weight
     if isinstance(layer, nn.Conv2d) and isinstance(layer.padding, tuple):
-        # channels-last: several times faster for the thin convolutions of small CNNs
-        out = a.reshape(k * b, *a.shape[2:]).contiguous(memory_format=torch.channels_last)
+        out = a.reshape(k * b, *a.shape[2:])
+        if not out.requires_grad:  # channels-last: several times faster for thin convolutions
+            out = out.contiguous(memory_format=torch.channels_last)
         extra = [in_shape[2 + d] - ((out.shape[2 + d] - 1) * layer.stride[d]
                  - 2 * layer.padding[d] + layer.dilation[d] * (layer.kernel_size[d] - 1) + 1)
                  for d in range(2)]  # fmt: skip
