@@ -759,9 +759,10 @@ def _optimize_slopes(bounder: Bounder, spec: Tensor, steps: int, lr: float) -> T
                 if step == steps:
                     break
                 # gradients for the slopes only: the model's own .grad stays untouched
-                grads = torch.autograd.grad(-bound.sum(), list(params.values()))
+                grads = torch.autograd.grad(-bound.sum(), list(params.values()),
+                                            allow_unused=True)  # fmt: skip
                 for p, g in zip(params.values(), grads, strict=True):
-                    p.grad = g
+                    p.grad = torch.zeros_like(p) if g is None else g  # unused: no unstable neuron
                 opt.step()
                 with torch.no_grad():
                     for p in params.values():
