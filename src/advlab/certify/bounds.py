@@ -133,11 +133,6 @@ def graph(model: nn.Module) -> list[Node]:
     return nodes
 
 
-def chain(model: nn.Module) -> list[Node]:
-    """Alias of :func:`graph`, kept for callers that read a plain stack."""
-    return graph(model)
-
-
 def _eps(threat: ThreatModel, x: Tensor, eps: Tensor | float | None) -> Tensor:
     """Per-sample radius ``(B,)``."""
     e = threat.eps if eps is None else eps
@@ -688,8 +683,8 @@ def margin_bounds(
     if method == "alpha-crown":  # slopes are optimized; the weights are constants here
         with torch.no_grad():
             bounder = Bounder(model, x, threat, e, inter, chunk)
-            out = bounder.lower(margin_spec(y, bounder.shapes[-1][1], x.dtype)).T
-        spec = margin_spec(y, bounder.shapes[-1][1], x.dtype)
+            spec = margin_spec(y, bounder.shapes[-1][1], x.dtype)
+            out = bounder.lower(spec).T
         out = torch.maximum(out, _optimize_slopes(bounder, spec, alpha_steps, alpha_lr).T)
         return out.scatter(1, y[:, None], math.inf)
     bounder = Bounder(model, x, threat, e, inter, chunk)
