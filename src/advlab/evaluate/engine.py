@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from advlab.data.base import DatasetLike
 from advlab.errors import ConfigError, ModelOutputError
@@ -211,20 +211,15 @@ class _Runner:
         """Run ``cell`` on every sample the sink does not hold yet, batch by batch (a batch of
         which some samples are stored attacks only the others: a sample's record does not
         depend on its batch-mates)."""
-        stored = self.sink.stored(cell)
         ex_threat = self.plan.example_threat
         want_examples = (
             self.plan.config.keep_examples > 0 and ex_threat is not None
             and cell.norm == ex_threat.norm and cell.eps in (ex_threat.eps, float("inf"))
         )  # fmt: skip
         kept = {e.index for e in self.sink.examples(cell)} if want_examples else set()
-        dev = self.data.y.device
-        for b, batch in enumerate(self.batches):
-            todo = [i for i in batch.tolist() if i not in stored]
-            resumed = not todo
-            if todo:
-                idx = torch.tensor(todo, dtype=torch.long)
-                i = idx.to(dev)
+        for b, idx in self._pending(cell):
+            if len(idx):
+                i = idx.to(self.data.y.device)
                 t0 = time.perf_counter()
                 out = run_batch(
                     self.oracle, self.data.x[i], self.data.y[i], idx, self.clean_pred[i], cell,
@@ -236,30 +231,33 @@ class _Runner:
                 if want_examples and out.result is not None and ex_threat is not None:
                     examples = self._examples(cell, out.result, idx, out.attacked, kept, ex_threat)
                 self.sink.write(cell, out.records, wall_time=wall, examples=examples)
-            self._emit(stage="attack", attack=cell.attack, norm=cell.norm, eps=cell.eps,
-                       done=self.done[b], total=self.done[-1], batch=b + 1,
-                       batches=len(self.batches), resumed=resumed)  # fmt: skip
+            self._batch_done("attack", cell.attack, cell, b, resumed=not len(idx))
 
     def certify(self, cell: Cell) -> None:
         """Certified radii of every sample the sink does not hold yet for ``cell`` (one
         certification cell per norm), batch by batch."""
         assert self.module is not None
-        stored = self.sink.stored(cell)
-        dev = self.data.y.device
-        for b, batch in enumerate(self.batches):
-            todo = [i for i in batch.tolist() if i not in stored]
-            if todo:
-                idx = torch.tensor(todo, dtype=torch.long)
-                i = idx.to(dev)
+        for b, idx in self._pending(cell):
+            if len(idx):
+                i = idx.to(self.data.y.device)
                 t0 = time.perf_counter()
                 recs = certify_records(
                     self.module, self.data.x[i], self.data.y[i], idx, self.clean_pred[i], cell,
                     lower=self.lower, upper=self.upper, shard=self.shard,
                 )  # fmt: skip
                 self.sink.write(cell, recs, wall_time=time.perf_counter() - t0)
-            self._emit(stage="certify", attack=cell.params["method"], norm=cell.norm,
-                       eps=cell.eps, done=self.done[b], total=self.done[-1], batch=b + 1,
-                       batches=len(self.batches), resumed=not todo)  # fmt: skip
+            self._batch_done("certify", cell.params["method"], cell, b, resumed=not len(idx))
+
+    def _pending(self, cell: Cell) -> Iterator[tuple[int, Tensor]]:
+        """``(batch number, indices of its samples the sink does not hold for cell)``."""
+        stored = self.sink.stored(cell)
+        for b, batch in enumerate(self.batches):
+            yield b, torch.tensor([i for i in batch.tolist() if i not in stored], dtype=torch.long)
+
+    def _batch_done(self, stage: str, attack: str, cell: Cell, b: int, resumed: bool) -> None:
+        self._emit(stage=stage, attack=attack, norm=cell.norm, eps=cell.eps, done=self.done[b],
+                   total=self.done[-1], batch=b + 1, batches=len(self.batches),
+                   resumed=resumed)  # fmt: skip
 
     def _examples(
         self,
