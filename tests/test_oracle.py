@@ -143,6 +143,21 @@ def test_a_label_only_oracle_gets_through_finalize(setup) -> None:
     assert run_attack(spec, sk, x, y, ThreatModel("linf", 0.5)).success.any()
 
 
+@pytest.mark.parametrize(("name", "norm"), cases())
+def test_an_attack_runs_on_an_oracle_that_reveals_only_what_it_declares(
+    name: str, norm: str, setup
+) -> None:
+    """An attack that declares it needs labels (or scores) never asks for more: run it on an
+    oracle that reveals exactly that and refuses anything above (AccessError) at query time."""
+    model, x, y = setup
+    spec = get_attack(name)
+    oracle = Counting(model, access=str(spec.needs))
+    res = spec(oracle, x, y, threat_for(name, norm), **params(name))
+    assert int(res.queries.sum()) == oracle.seen
+    with torch.no_grad():
+        assert torch.equal(res.pred, model(res.x_adv).argmax(1))
+
+
 @pytest.mark.parametrize("name", ATTACKS.names())
 @pytest.mark.parametrize("access", ["labels", "topk", "scores"])
 def test_asking_for_more_than_the_oracle_reveals_raises(name: str, access: str, setup) -> None:
