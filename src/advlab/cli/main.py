@@ -574,6 +574,58 @@ def runs_show(run_id: str, store: str | None, as_json: bool) -> None:
             for c in cert), highlight=False, markup=False)  # fmt: skip
 
 
+@cli.command("transfer-matrix")
+@click.option("--families", default="dnn,lr,svm,tree,knn,ens", show_default=True,
+              help="Model families: dnn, lr, svm, tree, knn, ens (majority vote of the others).")  # fmt: skip
+@click.option("--data", default="mnist5k", show_default=True, help="Dataset name or .npz path.")
+@click.option("--data-dir", default=None, help="Folder of standard datasets (else $ADVLAB_DATA).")
+@click.option("-n", "--n", "n", default=200, show_default=True, help="Test images attacked.")
+@click.option("--eps", default=0.3, show_default=True, help="FGSM L-inf radius.")
+@click.option("--train-size", default=None, type=int, help="Training images used (default all).")
+@click.option("--dnn-arch", default="papernot-mnist", show_default=True,
+              help="Zoo architecture of the DNN (mlp for inputs under 16x16).")  # fmt: skip
+@click.option("--dnn", "dnn_path", default=None, help="A saved model to use as the DNN.")
+@click.option("--onnx", is_flag=True, help="Query the DNN target through ONNX Runtime.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--quick", is_flag=True,
+              help="Small budgets: 1 DNN epoch, 2,000 training images, 3 substitute rounds.")  # fmt: skip
+@click.option("--out", "out_dir", default="transfer-matrix", show_default=True,
+              help="Folder for transfer-matrix.json, .png (heat map) and .html.")  # fmt: skip
+def transfer_matrix_cmd(families: str, data: str, data_dir: str | None, n: int, eps: float,
+                        train_size: int | None, dnn_arch: str, dnn_path: str | None, onnx: bool,
+                        seed: int, device: str, quick: bool, out_dir: str) -> None:  # fmt: skip
+    """Cross-family transferability: train models of several families on the same data, craft
+    FGSM examples on each (white-box for DNN/LR/SVM, through a substitute trained on the labels
+    of DT/kNN/ensemble), and print the rate at which each target misclassifies them (Papernot,
+    McDaniel & Goodfellow 2016). See docs/transfer.md."""
+    from advlab.transfer.matrix import NAMES, MatrixConfig, run_transfer_matrix
+
+    quick_opts: dict[str, Any] = {"dnn_epochs": 1, "rounds": 3, "sub_epochs": 5}
+    cfg = MatrixConfig(
+        families=_names(families), data=data, data_dir=data_dir, n=n, eps=eps,
+        train_size=train_size if train_size or not quick else 2000, dnn_arch=dnn_arch,
+        dnn_path=dnn_path, onnx=onnx, seed=seed, device=device, **(quick_opts if quick else {}),
+    )  # fmt: skip
+    with _Bar() as bar:
+        res = run_transfer_matrix(cfg, out_dir=Path(out_dir), progress=bar)
+    table = Table(
+        title=f"% misclassified by the target (FGSM eps={eps:g}, {escape(data)}, n={res.n})"
+    )
+    table.add_column("source \\ target")
+    for f in res.families:
+        table.add_column(NAMES[f], justify="right")
+    for f, row in zip(res.families, res.matrix, strict=True):
+        table.add_row(f"{NAMES[f]} ({res.method[f]})", *(f"{100 * v:.1f}" for v in row))
+    table.add_row("clean error", *(f"{100 * res.clean_error[f]:.1f}" for f in res.families))
+    stdout.print(table)
+    for f, s in res.substitutes.items():
+        stdout.print(f"substitute of {NAMES[f]}: {s['queries']} label queries, agreement "
+                     f"{_pct(s['agreement'])}", highlight=False, markup=False)  # fmt: skip
+    for kind, path in res.files.items():
+        stdout.print(f"{kind}: {path}", highlight=False, soft_wrap=True, markup=False)
+
+
 def main() -> None:
     cli(prog_name="advlab")
 
