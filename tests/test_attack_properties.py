@@ -28,6 +28,8 @@ FAST: dict[str, dict] = {
     "deepfool": {"steps": 10},
     "jsma": {"gamma": 0.05},
     "lbfgs": {"max_iter": 10, "c_steps": 2},
+    "square": {"n_queries": 40},
+    "hopskipjump": {"max_queries": 400, "num_iterations": 3, "init_num_evals": 20},
 }
 BOUNDED_EPS = {"linf": 0.1, "l2": 1.0, "l1": 5.0, "l0": 20.0}
 

@@ -14,8 +14,10 @@ from advlab.attacks.bim import bim
 from advlab.attacks.cw import cw_l0, cw_l2, cw_linf
 from advlab.attacks.deepfool import deepfool
 from advlab.attacks.gradient import fgsm, pgd
+from advlab.attacks.hsj import hop_skip_jump
 from advlab.attacks.jsma import jsma
 from advlab.attacks.lbfgs import lbfgs
+from advlab.attacks.square import square
 from advlab.attacks.targets import all_other_targets, select_targets, targeted_cases
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "fgsm",
     "finalize",
     "get_attack",
+    "hop_skip_jump",
     "jsma",
     "lbfgs",
     "margin",
@@ -38,5 +41,6 @@ __all__ = [
     "register_attack",
     "run_attack",
     "select_targets",
+    "square",
     "targeted_cases",
 ]
