@@ -86,6 +86,24 @@ def test_square_counts_exactly_and_stops_at_success(norm: str, digits) -> None:
     assert ThreatModel(norm, eps).contains(res.x_adv, x).all()
 
 
+def test_square_only_keeps_candidates_that_lower_the_loss(digits) -> None:
+    """Random search accepts a candidate only if it lowers the margin loss: where the attack
+    fails, the answer's margin is below the start's (the same seed draws the same start)."""
+    from advlab.attacks.base import margin
+
+    x, y, model = digits
+    x, y = correct(model, x, y, 40)
+    tm = ThreatModel("linf", 0.05)
+    start = square(model, x, y, tm, n_queries=2)
+    res = square(model, x, y, tm, n_queries=200)
+    with torch.no_grad():
+        m0, m1 = margin(model(start.x_adv), y), margin(model(res.x_adv), y)
+    fail = ~res.success
+    assert fail.sum() >= 5
+    assert (m1[fail] >= m0[fail] - 1e-6).all()  # the margin max_j z_j - z_y never drops
+    assert (m1[fail] > m0[fail] + 1e-4).float().mean() >= 0.8  # and mostly rises
+
+
 def test_square_per_sample_budget_is_never_exceeded(digits) -> None:
     x, y, model = digits
     x, y = correct(model, x, y, 12)
