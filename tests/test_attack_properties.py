@@ -28,6 +28,8 @@ FAST: dict[str, dict] = {
     "deepfool": {"steps": 10},
     "jsma": {"gamma": 0.05},
     "lbfgs": {"max_iter": 10, "c_steps": 2},
+    "zoo": {"steps": 20, "binary_search_steps": 2, "coordinates": 32, "lr": 0.1},
+    "autozoom": {"steps": 60, "switch_every": 20, "lr": 0.1},
     "square": {"n_queries": 40},
     "hopskipjump": {"max_queries": 400, "num_iterations": 3, "init_num_evals": 20},
 }

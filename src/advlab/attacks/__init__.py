@@ -19,11 +19,13 @@ from advlab.attacks.jsma import jsma
 from advlab.attacks.lbfgs import lbfgs
 from advlab.attacks.square import square
 from advlab.attacks.targets import all_other_targets, select_targets, targeted_cases
+from advlab.attacks.zoo import autozoom, zoo
 
 __all__ = [
     "AttackRun",
     "AttackSpec",
     "all_other_targets",
+    "autozoom",
     "bim",
     "cw_l0",
     "cw_l2",
@@ -43,4 +45,5 @@ __all__ = [
     "select_targets",
     "square",
     "targeted_cases",
+    "zoo",
 ]

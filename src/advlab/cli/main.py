@@ -496,6 +496,55 @@ def distill_cmd(temperature: float, out: str | None, **o: Any) -> None:
     _fit(o, _train_config(o, "distillation", params), dest)
 
 
+@cli.command("train-codec")
+@click.option("--data", default="mnist5k", show_default=True, help="Dataset name or .npz path.")
+@click.option("--data-dir", default=None, help="Folder of standard datasets (else $ADVLAB_DATA).")
+@click.option("--out", default=None, help="Output path (default: codec-<data>.safetensors).")
+@click.option("--epochs", default=10, show_default=True)
+@click.option("--latent-channels", default=1, show_default=True, help="Channels of the code.")
+@click.option("--downsample", default=1, show_default=True,
+              help="Stride-2 stages: 1 halves the image (28x28 -> 14x14), 2 quarters it.")  # fmt: skip
+@click.option("--hidden", default=16, show_default=True, help="Hidden convolution channels.")
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--n", "n", default=0, show_default=True, help="Training images (0 = all).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default=None, help="cpu or cuda (default: cpu).")
+def train_codec_cmd(data: str, data_dir: str | None, out: str | None, epochs: int,
+                    latent_channels: int, downsample: int, hidden: int, batch_size: int,
+                    lr: float, n: int, seed: int, device: str | None) -> None:  # fmt: skip
+    """Train AutoZOOM's convolutional autoencoder on unlabeled training images.
+
+    The codec is saved like any model (safetensors and JSON metadata); pass it to the
+    autozoom attack as codec=PATH (reduction 'ae'). Labels are not used.
+
+    \b
+    Examples:
+      advlab train-codec --data mnist --out ae-mnist.safetensors --epochs 10
+      advlab train-codec --data mnist5k --downsample 2 --latent-channels 4
+    """
+    from advlab.data import load_dataset
+    from advlab.models.codec import save_codec, train_codec
+
+    dest = _dest(out, f"codec-{Path(data).stem}.safetensors")
+    splits = load_dataset(data, data_dir=data_dir)
+    if splits.train is None:
+        raise ConfigError(f"dataset {data!r} has no training split to train a codec on")
+    x = splits.train.x if n <= 0 else splits.train.x[:n]
+
+    def show(event: dict[str, Any]) -> None:
+        console.print(f"epoch {event['epoch']}/{event['epochs']}: reconstruction MSE "
+                      f"{event['loss']:.5f}", highlight=False, markup=False)  # fmt: skip
+
+    recipe = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "n": len(x)}
+    model, mse = train_codec(x, latent_channels=latent_channels, downsample=downsample,
+                             hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
+                             seed=seed, device=device or "cpu", progress=show)  # fmt: skip
+    path = save_codec(model, dest, dataset=data, loss=mse, seed=seed, recipe=recipe)
+    stdout.print(f"codec {tuple(model.in_shape)} -> {model.latent_shape}, reconstruction MSE "
+                 f"{mse:.5f}; saved {path}", highlight=False, markup=False)  # fmt: skip
+
+
 @cli.command("list")
 @click.argument(
     "kind", type=click.Choice(["attacks", "models", "datasets", "recipes", "certifiers"])
