@@ -114,14 +114,15 @@ def universal_perturbation(
     overshoot: float = 0.02,
     deepfool_steps: int = 50,
     batch_size: int = 1,
+    inner_norm: str = "l2",
     seed: int = 0,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> UniversalResult:
     """A universal perturbation of ``model`` on the images ``x`` (Moosavi-Dezfooli et al. 2017).
 
     Each pass visits ``x`` in a fresh seeded order; for each image that ``clip(x_i + v)`` does
-    not fool, DeepFool (advlab's :func:`~advlab.attacks.deepfool`, in the threat's norm, with
-    ``overshoot``) finds the step ``dv_i`` to the nearest decision boundary and
+    not fool, DeepFool (advlab's :func:`~advlab.attacks.deepfool`, minimal in L2 as in the
+    paper, with ``overshoot``) finds the step ``dv_i`` to the nearest decision boundary and
     ``v = P(v + dv_i)``. Passes stop once the fooling rate on ``x`` reaches ``target_rate`` (the
     paper's ``1 - delta``) or after ``max_passes``.
 
@@ -132,6 +133,8 @@ def universal_perturbation(
         target_rate: stop when the fooling rate on ``x`` reaches it (the paper: 0.8).
         max_passes: at most this many passes over ``x``.
         overshoot, deepfool_steps: DeepFool's overshoot and step limit.
+        inner_norm: the norm of DeepFool's minimal step: ``"l2"``, as in the paper's
+            Algorithm 1 (``argmin ||r||_2``) whatever the ball's norm, or ``"linf"``.
         batch_size: images whose DeepFool steps are computed at the same ``v`` before their
             updates are applied one after the other. ``1`` is the paper's strictly sequential
             algorithm; larger values are faster and approximate it.
@@ -163,7 +166,9 @@ def universal_perturbation(
     start = oracle.used
     clean = _labels(oracle, x, 1000)
     v = torch.zeros((1, *x.shape[1:]), dtype=x.dtype, device=x.device)
-    minimal = ThreatModel(threat.norm, math.inf, threat.lower, threat.upper)
+    if inner_norm not in ("l2", "linf"):
+        raise ConfigError(f"inner_norm must be l2 (the paper) or linf, got {inner_norm!r}")
+    minimal = ThreatModel(inner_norm, math.inf, threat.lower, threat.upper)
     gen = torch.Generator().manual_seed(seed)
     history: list[dict[str, Any]] = []
     rate = 0.0
