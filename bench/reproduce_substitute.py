@@ -3,7 +3,7 @@
 Oracle: the zoo CNN trained on full MNIST (bench/out/papernot-mnist-full.safetensors), behind a
 label-only ModuleOracle. Seeds: the first 150 test images (the paper: 150 from the MNIST test
 set); the other 9,850 test images measure the substitute's agreement with the oracle. Substitute:
-a 200-200 MLP (the CleverHans tutorial's; --arch papernot-mnist for the CNN), 6 rounds of
+the papernot-mnist CNN (--arch mlp: the CleverHans tutorial's 200-200 MLP), 6 rounds of
 Jacobian augmentation, lambda = 0.1 with its sign flipped every tau = 3 rounds, 10 epochs of Adam
 per round. Then FGSM (L-inf eps = 0.3) on the substitute, sent to the oracle: transfer success
 is the oracle misclassifying the example, on the first --n test images after the seeds.
@@ -78,7 +78,9 @@ def pct(v: float | None) -> str:
 
 def main() -> None:
     p = options(__doc__, 1000)
-    p.add_argument("--arch", default="papernot-mnist", help="substitute: a zoo name, or mlp (200-200)")
+    p.add_argument(
+        "--arch", default="papernot-mnist", help="substitute: a zoo name, or mlp (200-200)"
+    )
     p.add_argument("--seeds", type=int, default=150)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--eps", type=float, default=0.3)
