@@ -20,12 +20,13 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 from torch import Tensor, nn
 
 from advlab.attacks import get_attack
@@ -46,11 +47,12 @@ from advlab.evaluate.plan import CERTIFIABLE_NORMS
 from advlab.evaluate.stats import wilson_interval
 from advlab.fileio import atomic_write_json, check_writable_folder
 from advlab.models import load_model
-from advlab.oracle import ModuleOracle, Oracle
+from advlab.oracle import Access, ModuleOracle, Oracle
 from advlab.paths import cache_dir
 from advlab.provenance import capture
 from advlab.registry import CERTIFIERS, MODELS
 from advlab.report import write_html_report, write_json_report
+from advlab.results import Example
 from advlab.store import RunStore, StoreSink
 from advlab.store.lease import STALE_SECONDS, Heartbeat, claim, owner_id
 from advlab.threat import ThreatModel
@@ -389,7 +391,8 @@ def run_audit(
         with Heartbeat(store.path, run_id):
             ev = _evaluate(cfg, oracle, test, StoreSink(store, run_id, owner=me), provenance,
                            progress)  # fmt: skip
-            html, js = _reports(cfg, run_id, ev, model_info, test, splits.meta, out_dir, t0)
+            html, js = _reports(cfg, run_id, ev, model_info, test, splits.meta, out_dir, t0,
+                                oracle)  # fmt: skip
     except LeaseLost:
         raise  # the run belongs to another process now: its status is not ours to set
     except KeyboardInterrupt:
@@ -427,6 +430,7 @@ def _reports(
     data_meta: dict[str, Any],
     out_dir: Path,
     t0: float,
+    oracle: Oracle,
 ) -> tuple[Path, Path]:
     extra = {
         "title": f"advlab audit: {cfg.model} on {cfg.data}",
@@ -435,11 +439,31 @@ def _reports(
         "dataset": {"name": cfg.data, "n": len(test), **data_meta},
         "config": cfg.to_dict(),
         "wall_time": time.perf_counter() - t0,
+        "example_confidence": example_confidence(
+            oracle, [*ev.examples, *ev.failures], test.x.device
+        ),
     }
     run_dir = out_dir / run_id
     json_path = write_json_report(run_dir / "report.json", ev, extra)
     html_path = write_html_report(run_dir / "report.html", ev, extra)
     return html_path, json_path
+
+
+def example_confidence(
+    oracle: Oracle, examples: Sequence[Example], device: torch.device
+) -> dict[int, list[float]]:
+    """For the report's image grid: per kept example, the model's softmax probability of its
+    predicted class on the clean and on the adversarial input (two queries per example, through
+    the oracle); empty when the oracle reveals no scores."""
+    if not examples or oracle.access < Access.SCORES:
+        return {}
+    x = torch.stack([e.x for e in examples] + [e.x_adv for e in examples])
+    with torch.no_grad():
+        s = oracle.scores(x.to(device)).double().cpu()
+    p = s.softmax(dim=1) if oracle.output == "logits" else s
+    top = p.max(dim=1).values.tolist()
+    k = len(examples)
+    return {e.index: [top[j], top[k + j]] for j, e in enumerate(examples)}
 
 
 def _reuse(

@@ -73,6 +73,8 @@ class Evaluation:
             clean pass under ``("clean", norm, 0.0)``.
         examples: adversarial examples of the first samples the worst case flips at
             ``example_eps`` (for the image grid), kept from the run.
+        failures: the first samples no attack flips at ``example_eps``, with the failed
+            attempt of the strongest bounded attack there (``adv_pred == label``).
         config: the evaluation's configuration.
         provenance: what produced it (:func:`advlab.provenance.capture`).
         run_id: the run in the store, if it was stored there.
@@ -81,6 +83,9 @@ class Evaluation:
         bounds: with certification, per norm, each sample's certified radius and smallest
             adversarial example found (:class:`~advlab.evaluate.certification.SampleBounds`),
             by ascending dataset index.
+        cell_records: the records of every attack cell that ran, by ``(attack, norm, eps)``:
+            a bounded attack's at each radius, a minimal attack's once at ``eps = inf`` (the
+            size of each perturbation it found, before it is read at the grid's radii).
     """
 
     dataset: str
@@ -93,12 +98,14 @@ class Evaluation:
     summaries: tuple[Summary, ...]
     records: Mapping[RowKey, list[SampleRecord]]
     examples: tuple[Example, ...] = ()
+    failures: tuple[Example, ...] = ()
     example_eps: float | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
     provenance: Mapping[str, Any] = field(default_factory=dict)
     run_id: str | None = None
     certified: tuple[CertifiedSummary, ...] = ()
     bounds: Mapping[str, tuple[SampleBounds, ...]] = field(default_factory=dict)
+    cell_records: Mapping[RowKey, list[SampleRecord]] = field(default_factory=dict)
 
     @property
     def norms(self) -> list[str]:
@@ -172,6 +179,10 @@ class Evaluation:
                     "adv_pred": e.adv_pred,
                 }
                 for e in self.examples
+            ],
+            "failures": [
+                {"index": e.index, "attack": e.attack, "label": e.label, "adv_pred": e.adv_pred}
+                for e in self.failures
             ],
             "config": dict(self.config),
             "provenance": dict(self.provenance),
@@ -292,15 +303,17 @@ def aggregate(
     k = sum(r.clean_pred == r.label for r in clean)
     ex_threat = plan.example_threat
     examples: tuple[Example, ...] = ()
+    failures: tuple[Example, ...] = ()
     if ex_threat is not None and plan.config.keep_examples > 0:
         examples = _examples(plan, sinks, ex_threat, records, picks)
+        failures = _failures(plan, sinks, ex_threat, records)
     return Evaluation(
         dataset=dataset, n=n, num_classes=num_classes, threats=plan.threats,
         attacks=plan.attacks, clean_accuracy=k / n if n else math.nan,
         clean_ci=wilson_interval(k, n), summaries=tuple(summaries), records=records,
-        examples=examples, example_eps=ex_threat.eps if ex_threat is not None else None,
+        examples=examples, failures=failures, example_eps=ex_threat.eps if ex_threat is not None else None,
         config=dict(config or {}), provenance=dict(provenance or {}),
-        run_id=run_id, certified=cert_rows, bounds=bounds,
+        run_id=run_id, certified=cert_rows, bounds=bounds, cell_records=by_cell,
     )  # fmt: skip
 
 
@@ -359,3 +372,23 @@ def _examples(
         else:
             log.warning("no kept example for sample %d of %s", r.index, source)
     return tuple(out)
+
+
+def _failures(
+    plan: Plan,
+    sinks: Sequence[ResultSink],
+    threat: ThreatModel,
+    records: Mapping[RowKey, list[SampleRecord]],
+) -> tuple[Example, ...]:
+    """The first samples the worst case does not flip at ``threat``, with the failed attempt
+    kept by the bounded attack that flipped the most samples there (the strongest)."""
+    key = (WORST_CASE, threat.norm, threat.eps)
+    bounded = [r for r in plan.rows_for(threat) if r.attack != WORST_CASE and r.source is not None
+               and r.source.eps == threat.eps]  # fmt: skip
+    if key not in records or not bounded:
+        return ()
+    row = min(bounded, key=lambda r: sum(x.robust for x in records[r.key]))
+    assert row.source is not None
+    kept = {e.index: e for s in sinks for e in s.examples(row.source) if e.adv_pred == e.label}
+    held = [r.index for r in records[key] if r.robust and r.index in kept]
+    return tuple(kept[i] for i in held[: plan.config.keep_examples])

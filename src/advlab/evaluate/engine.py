@@ -216,7 +216,9 @@ class _Runner:
             self.plan.config.keep_examples > 0 and ex_threat is not None
             and cell.norm == ex_threat.norm and cell.eps in (ex_threat.eps, float("inf"))
         )  # fmt: skip
-        kept = {e.index for e in self.sink.examples(cell)} if want_examples else set()
+        stored = self.sink.examples(cell) if want_examples else []
+        kept = {e.index for e in stored if e.adv_pred != e.label}
+        kept_failed = {e.index for e in stored if e.adv_pred == e.label}
         for b, idx in self._pending(cell):
             if len(idx):
                 i = idx.to(self.data.y.device)
@@ -229,7 +231,8 @@ class _Runner:
                 wall = time.perf_counter() - t0
                 examples: list[Example] = []
                 if want_examples and out.result is not None and ex_threat is not None:
-                    examples = self._examples(cell, out.result, idx, out.attacked, kept, ex_threat)
+                    examples = self._examples(cell, out.result, idx, out.attacked, kept,
+                                              kept_failed, ex_threat)  # fmt: skip
                 self.sink.write(cell, out.records, wall_time=wall, examples=examples)
             self._batch_done("attack", cell.attack, cell, b, resumed=not len(idx))
 
@@ -266,19 +269,25 @@ class _Runner:
         idx: torch.Tensor,
         attacked: torch.Tensor,
         kept: set[int],
+        kept_failed: set[int],
         threat: ThreatModel,
     ) -> list[Example]:
         """Keep the first flipped samples (within the example eps) of this batch, until the
-        cell holds ``keep_examples`` of them: the worst case's first flips are among them."""
+        cell holds ``keep_examples`` of them: the worst case's first flips are among them. A
+        bounded attack at the example eps also keeps as many of the samples it failed on (its
+        best attempt; ``adv_pred == label``), for the report's failures."""
         out = []
         hit = res.success & within(res.norms, threat.norm, threat.eps)
-        for j in hit.nonzero().squeeze(1).tolist():
-            if len(kept) >= self.plan.config.keep_examples:
-                break
-            i = int(idx[int(attacked[j])])
-            if i in kept:
+        picks = [(j, kept) for j in hit.nonzero().squeeze(1).tolist()]
+        if cell.eps == threat.eps:
+            picks += [(j, kept_failed) for j in (~res.success).nonzero().squeeze(1).tolist()]
+        for j, into in picks:
+            if len(into) >= self.plan.config.keep_examples:
                 continue
-            kept.add(i)
+            i = int(idx[int(attacked[j])])
+            if i in into:
+                continue
+            into.add(i)
             out.append(
                 Example(
                     index=i,
