@@ -595,7 +595,7 @@ def test_audit_certify_stores_radii_and_never_certifies_a_broken_sample(
     assert section.count("data:image/png;base64,") == 1
     widest = summary["widest"][0]
     assert f"<td>#{widest['index']}</td>" in section and widest["attack"] in section
-    assert "<td>certified (crown)</td>" in html  # the summary table's certified rows
+    assert '<th scope="row">certified (crown)</th>' in html  # the summary table's certified row
     assert 'class="warn"' not in html
 
     # an identical audit without --certify is another run, with no certified section

@@ -281,6 +281,10 @@ def test_transfer_section_from_a_matrix_or_a_file(ev: Evaluation, tmp_path: Path
     path = tmp_path / "transfer.json"
     path.write_text(json.dumps(t))
     assert 'id="transfer"' in render_html(ev, {"transfer": str(path)})
+    # the JSON that advlab transfer-matrix writes: one list of families for both axes
+    fams = {"families": ["dnn", "lr"], "matrix": [[0.9, 0.2], [0.4, 0.8]]}
+    body = _section(render_html(ev, {"transfer": fams}), "transfer")
+    assert "misclassification rate" in body and len(_pngs(body)) == 1
     with pytest.raises(ValueError, match="one row per source"):
         render_transfer_matrix([[0.1, 0.2]], ["a", "b"], ["x", "y"])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):

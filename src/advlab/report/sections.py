@@ -596,14 +596,17 @@ def render_transfer_matrix(
 def transfer_section(ev: Evaluation, extra: Mapping[str, Any]) -> str:
     """The transfer heat map, when ``extra["transfer"]`` holds a matrix (or a path to a JSON
     file) ``{"matrix": [[...]], "sources": [...], "targets": [...], "metric": ..., "note":
-    ...}``."""
+    ...}``; the JSON of ``advlab transfer-matrix`` (one ``families`` list for both axes, cells
+    the targets' misclassification rates) is read as it is."""
     t = extra.get("transfer")
     if isinstance(t, str | os.PathLike):
         t = json.loads(Path(t).read_text(encoding="utf-8"))
     if not isinstance(t, Mapping) or not t.get("matrix"):
         return ""
-    return render_transfer_matrix(t["matrix"], t["sources"], t["targets"],
-                                  metric=str(t.get("metric") or "success rate"),
+    sources = t.get("sources") or t.get("families")  # advlab transfer-matrix: one list
+    targets = t.get("targets") or t.get("families")
+    metric = t.get("metric") or ("misclassification rate" if "families" in t else "success rate")
+    return render_transfer_matrix(t["matrix"], sources, targets, metric=str(metric),
                                   note=str(t.get("note") or ""))  # fmt: skip
 
 
