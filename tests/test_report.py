@@ -46,7 +46,9 @@ def _toy(x: Tensor, model: nn.Module) -> Toy:
 def ev() -> Evaluation:
     model = make_cnn()
     x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(2))
-    return evaluate(model, _toy(x, model), ["fgsm", AttackConfig("pgd", {"steps": 3})],
+    # FGSM with a small step is weaker than PGD here: every row of the table differs
+    attacks = [AttackConfig("fgsm", {"step_size": 0.01}), AttackConfig("pgd", {"steps": 3})]
+    return evaluate(model, _toy(x, model), attacks,
                     [ThreatModel("linf", e) for e in (0.0, 0.03, 0.08)],
                     EvalConfig(batch_size=8, keep_examples=4, example_eps=0.03),
                     provenance={"torch": "9.9-test",
@@ -190,6 +192,7 @@ def test_summary_table_is_attacks_by_eps_with_the_aggregate_values(ev: Evaluatio
             for s in ev.curve(name)
             if s.eps > 0
         ]
+    assert rows["FGSM"] != rows["PGD-3"]  # the fixture tells the rows apart
     assert "median norm" not in html
     assert f"all {ev.n} samples" in _section(html, "summary")
 
