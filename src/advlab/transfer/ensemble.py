@@ -81,7 +81,7 @@ class Ensemble(nn.Module):
                 f"{sorted({tuple(o.shape) for o in outs})}; they must share their classes"
             )
         z = torch.stack(outs)  # (M, B, C)
-        w = self.weights.to(z.dtype).view(-1, 1, 1)
+        w = self.weights.to(device=z.device, dtype=z.dtype).view(-1, 1, 1)
         if self.mode == "logits":
             return (w * z).sum(dim=0)
         # log sum_i w_i softmax(z_i), computed stably in the log domain
