@@ -11,11 +11,23 @@ import base64
 import functools
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jinja2
 from markupsafe import Markup
+
+NORM_NAMES = {"linf": "L∞", "l2": "L2", "l1": "L1", "l0": "L0"}
+_ATTACK_NAMES = {"fgsm": "FGSM", "pgd": "PGD", "bim": "BIM", "deepfool": "DeepFool",
+                 "jsma": "JSMA", "lbfgs": "L-BFGS", "cw-l2": "C&W L2", "cw-linf": "C&W L∞",
+                 "cw-l0": "C&W L0"}  # fmt: skip
+
+
+def attack_label(name: str, params: Mapping[str, Any] | None = None) -> str:
+    """A readable attack name: ``("pgd", {"steps": 40}) -> "PGD-40"``."""
+    base = _ATTACK_NAMES.get(name, name)
+    steps = (params or {}).get("steps")
+    return f"{base}-{steps}" if isinstance(steps, int) and name in ("pgd", "bim") else base
 
 
 def fmt_pct(x: float | None, digits: int = 1) -> str:

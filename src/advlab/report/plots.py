@@ -14,7 +14,7 @@ from typing import Any
 from advlab.evaluate.aggregate import Evaluation
 from advlab.evaluate.certification import SampleBounds
 from advlab.evaluate.plan import WORST_CASE
-from advlab.report.fmt import figure, png_data_uri
+from advlab.report.fmt import attack_label, figure, png_data_uri
 from advlab.results import SampleRecord
 
 #: Colour of certified quantities in the plots (outside the attacks' C0, C1, ... cycle).
@@ -47,14 +47,13 @@ def robustness_plot(ev: Evaluation, norm: str | None = None) -> str:
             ax.plot(eps, [100 * r.robust_accuracy for r in worst], color=WORST_COLOR, alpha=0.25,
                     linewidth=9, solid_capstyle="round", zorder=1,
                     label="worst case (per sample)")  # fmt: skip
-        attacks = [a for a in ev.attack_names if a != WORST_CASE]
-        for i, name in enumerate(attacks):
-            curve = ev.curve(name, norm)
+        for i, a in enumerate(ev.attacks):
+            curve = ev.curve(a.name, norm)
             if not curve:
                 continue
             ax.plot([r.eps for r in curve], [100 * r.robust_accuracy for r in curve],
                     color=f"C{i}", marker=_MARKERS[i % len(_MARKERS)], markersize=6,
-                    linewidth=1.6, zorder=3 + i, label=name)  # fmt: skip
+                    linewidth=1.6, zorder=3 + i, label=attack_label(a.name, a.params))  # fmt: skip
         cert = [c for c in ev.certified if c.norm == norm]
         if cert:
             ax.plot([c.eps for c in cert], [100 * c.certified_accuracy for c in cert],
@@ -82,6 +81,8 @@ def norms_plot(per_attack: Mapping[str, Sequence[float]], n_correct: int, norm: 
         norm: the norm's name, for the axes.
         grid: the eps grid, marked on the CDF.
     """
+    from matplotlib.ticker import MaxNLocator
+
     with _style():
         fig = figure(9.6, 3.6)
         hist, cdf = fig.subplots(1, 2)
@@ -101,6 +102,7 @@ def norms_plot(per_attack: Mapping[str, Sequence[float]], n_correct: int, norm: 
                 cdf.axvline(e, color="grey", alpha=0.35, linewidth=0.8)
         hist.set_xlabel(f"perturbation norm ({norm})")
         hist.set_ylabel("samples")
+        hist.yaxis.set_major_locator(MaxNLocator(integer=True))
         hist.legend(frameon=False)
         cdf.set_xlabel(f"r ({norm})")
         cdf.set_ylabel("flipped within r (% of correct)")
@@ -167,9 +169,11 @@ def queries_plot(curves: Mapping[str, Mapping[float, Sequence[int]]], n_correct:
                 ax.step([max(q[0], 1) if q else 1, *q], [0.0, *(100 * (i + 1) / k
                         for i in range(len(q)))], where="post", color=c,
                         label=f"eps {eps:g}")  # fmt: skip
-            ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(ScalarFormatter())
-            ax.xaxis.set_minor_formatter(NullFormatter())
+            seen = [q for qs in by_eps.values() for q in qs]
+            if seen and max(seen) > 50 * max(min(seen), 1):  # a wide range: log scale
+                ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(ScalarFormatter())
+                ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_title(name)
             ax.set_xlabel("queries per sample")
             ax.set_ylabel("success rate (% of correct)")

@@ -34,25 +34,21 @@ from advlab.evaluate.certification import bounds_summary
 from advlab.evaluate.plan import WORST_CASE
 from advlab.report import plots
 from advlab.report.diagnostics import diagnose
-from advlab.report.fmt import fmt_in_unit, fmt_num, fragment, image_data_uri, time_unit
+from advlab.report.fmt import (
+    NORM_NAMES,
+    attack_label,
+    fmt_in_unit,
+    fmt_num,
+    fragment,
+    image_data_uri,
+    time_unit,
+)
 from advlab.results import Example, Summary
 from advlab.serialize import plain
 from advlab.threat import lp_norms
 
 Section = Callable[[Evaluation, Mapping[str, Any]], str]
 """``section(evaluation, extra) -> html``: one part of the report (``""`` to skip)."""
-
-NORM_NAMES = {"linf": "L∞", "l2": "L2", "l1": "L1", "l0": "L0"}
-_ATTACK_NAMES = {"fgsm": "FGSM", "pgd": "PGD", "bim": "BIM", "deepfool": "DeepFool",
-                 "jsma": "JSMA", "lbfgs": "L-BFGS", "cw-l2": "C&W L2", "cw-linf": "C&W L∞",
-                 "cw-l0": "C&W L0"}  # fmt: skip
-
-
-def attack_label(name: str, params: Mapping[str, Any] | None = None) -> str:
-    """A readable attack name: ``("pgd", {"steps": 40}) -> "PGD-40"``."""
-    base = _ATTACK_NAMES.get(name, name)
-    steps = (params or {}).get("steps")
-    return f"{base}-{steps}" if isinstance(steps, int) and name in ("pgd", "bim") else base
 
 
 def _eps_label(norm: str, eps: float) -> str:
@@ -603,8 +599,8 @@ def transfer_section(ev: Evaluation, extra: Mapping[str, Any]) -> str:
         t = json.loads(Path(t).read_text(encoding="utf-8"))
     if not isinstance(t, Mapping) or not t.get("matrix"):
         return ""
-    sources = t.get("sources") or t.get("families")  # advlab transfer-matrix: one list
-    targets = t.get("targets") or t.get("families")
+    sources = t.get("sources") or t.get("families") or []  # transfer-matrix: one list
+    targets = t.get("targets") or t.get("families") or []
     metric = t.get("metric") or ("misclassification rate" if "families" in t else "success rate")
     return render_transfer_matrix(t["matrix"], sources, targets, metric=str(metric),
                                   note=str(t.get("note") or ""))  # fmt: skip
