@@ -22,6 +22,7 @@ CERTIFIED_COLOR = "#008080"
 #: Colour of the worst-case envelope.
 WORST_COLOR = "#222222"
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_DASHES: tuple[Any, ...] = ("-", (0, (6, 3)), (0, (2, 2)), "-.", (0, (8, 2, 2, 2)))
 _FONT: dict[Any, Any] = {"font.size": 11, "axes.labelsize": 11, "legend.fontsize": 10}
 
 
@@ -51,9 +52,13 @@ def robustness_plot(ev: Evaluation, norm: str | None = None) -> str:
             curve = ev.curve(a.name, norm)
             if not curve:
                 continue
+            # Attacks often tie: later ones get smaller markers and dashed lines, drawn on top,
+            # so a tied line shows as alternating colours and concentric markers.
             ax.plot([r.eps for r in curve], [100 * r.robust_accuracy for r in curve],
-                    color=f"C{i}", marker=_MARKERS[i % len(_MARKERS)], markersize=6,
-                    linewidth=1.6, zorder=3 + i, label=attack_label(a.name, a.params))  # fmt: skip
+                    color=f"C{i}", marker=_MARKERS[i % len(_MARKERS)],
+                    markersize=max(10 - 2.5 * i, 4), linewidth=1.8,
+                    linestyle=_DASHES[i % len(_DASHES)], zorder=3 + i,
+                    label=attack_label(a.name, a.params))  # fmt: skip
         cert = [c for c in ev.certified if c.norm == norm]
         if cert:
             ax.plot([c.eps for c in cert], [100 * c.certified_accuracy for c in cert],
