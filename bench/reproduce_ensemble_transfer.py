@@ -10,8 +10,8 @@ Ensemble (probability fusion, Liu et al.'s objective); the held-out model judges
 through a label-only oracle. Images: the first --n test images that all five classify correctly;
 targets drawn uniformly among the other classes (seeded).
 
-Liu et al. (ImageNet, optimization-based, L2): targeted transfer from single models is near 0%,
-from a 4-model ensemble up to 30-40%. Target of the issue: ensemble >= 2x the best single source.
+Liu et al. (ImageNet, optimization-based, L2): targeted examples from single models almost never
+transfer; from an ensemble of the other models, a substantial fraction do. Target of the issue: ensemble >= 2x the best single source.
 
     python bench/reproduce_ensemble_transfer.py --threads 1
 """

@@ -9,8 +9,7 @@ Transfer success: the target misclassifies the example. The mean L2 of the examp
 beside it (a higher kappa buys transfer with distortion). Writes a table, the JSON and a plot
 (bench/out/kappa_transfer.png).
 
-C&W (their Fig. 9/10, MNIST, models trained on disjoint halves): untargeted transfer rises from
-about 40% at kappa = 0 to nearly 100% at kappa ~ 20-40.
+C&W (their Fig. 9/10, MNIST): transfer success rises with kappa, to nearly 100% for large kappa.
 
     python bench/reproduce_kappa_transfer.py --threads 1
 """

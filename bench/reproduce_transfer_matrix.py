@@ -9,8 +9,8 @@ LR and SVM (the linear models through their exact torch twins); through a 200-20
 (150 seeds from the end of the test set, 6 rounds) trained on the labels of DT, kNN and Ens.
 Writes bench/out/transfer-matrix/ (JSON, PNG heat map, HTML).
 
-Paper (MNIST, their Figure 3): DNN -> DNN 38%, LR -> LR 64%, SVM -> SVM 91%, DT -> DT 87%,
-kNN -> kNN 23% ... with LR examples transferring widely (e.g. LR -> SVM 91%, LR -> DT 89%).
+Compare with the paper's Figure 3 (their models and attacks differ: e.g. their SVM and tree
+examples come from model-specific attacks, not substitutes).
 
     python bench/reproduce_transfer_matrix.py --threads 1
 """
@@ -30,6 +30,7 @@ from reproduce_substitute import DATA_DIR, OUT, log, options
 def main() -> None:
     p = options(__doc__, 1000)
     p.add_argument("--train-size", type=int, default=None, help="training images (default all)")
+    p.add_argument("--tag", default="", help="suffix of the output folder")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -39,7 +40,7 @@ def main() -> None:
         train_size=args.train_size, dnn_path=str(OUT / "papernot-mnist-full.safetensors"),
         onnx=True, seed=args.seed, device=args.device, rounds=3 if args.quick else 6,
     )  # fmt: skip
-    res = run_transfer_matrix(cfg, out_dir=OUT / f"transfer-matrix{'-quick' if args.quick else ''}",
+    res = run_transfer_matrix(cfg, out_dir=OUT / f"transfer-matrix{'-quick' if args.quick else ''}{args.tag}",
                               progress=lambda e: log(str(e.get("message", ""))))  # fmt: skip
     names = [NAMES[f] for f in res.families]
     print(f"Transferability matrix: % of FGSM eps=0.3 examples from the source (row) that the "

@@ -9,13 +9,13 @@ Fusion modes:
 
 * ``"probabilities"``: ``log(sum_i w_i softmax(z_i(x)))``, Liu et al.'s objective: the
   cross-entropy of these logits toward a target ``t`` is ``-log(sum_i w_i p_i(t | x))``,
-  their Equation (ensemble objective) without the distance term.
+  their ensemble objective without the distance term.
 * ``"logits"``: ``sum_i w_i z_i(x)``, the logit fusion Dong et al. (2018) found transfers best.
 
 Reference:
     Liu, Chen, Liu & Song 2017, "Delving into Transferable Adversarial Examples and Black-box
-    Attacks" (ICLR), Section 4 (ensemble-based approaches).
-    Dong et al. 2018, "Boosting Adversarial Attacks with Momentum" (CVPR), Section 3.2.
+    Attacks" (ICLR), ensemble-based approaches.
+    Dong et al. 2018, "Boosting Adversarial Attacks with Momentum" (CVPR), attacking an ensemble.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ suffices, and the oracle's own counter is what the result reports.
 
 Reference:
     Papernot, McDaniel, Goodfellow, Jha, Celik & Swami 2017, "Practical Black-Box Attacks against
-    Machine Learning" (ASIA CCS), Algorithm 1 (substitute training), Section 4.1 (Jacobian-based
-    augmentation, ``lambda = 0.1``, ``rho = 6`` substitute epochs, 150 seeds from the MNIST test
-    set) and Section 6.1 (the periodic step size ``lambda_rho = lambda * (-1)^floor(rho / tau)``).
+    Machine Learning" (ASIA CCS): Algorithm 1 (substitute training), the Jacobian-based dataset
+    augmentation (``lambda = 0.1``, ``rho = 6`` substitute epochs, 150 seeds from the MNIST test
+    set) and the periodic step size ``lambda_rho = lambda * (-1)^floor(rho / tau)``.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class Substitute:
 
 def step_size(lam: float, rho: int, tau: int | None) -> float:
     """The augmentation step of round ``rho``: ``lam * (-1) ** floor(rho / tau)`` (Papernot et
-    al. 2017, Section 6.1, periodic step size); ``tau=None`` keeps ``lam`` fixed."""
+    al. 2017, the periodic step size); ``tau=None`` keeps ``lam`` fixed."""
     if tau is None:
         return lam
     return lam * (-1.0) ** (rho // tau)
@@ -112,7 +112,7 @@ def jacobian_augmentation(
         returns ``(N, *)``, like ``x``.
 
     Reference:
-        Papernot et al. 2017, Section 4.1, Equation (4).
+        Papernot et al. 2017, Jacobian-based dataset augmentation.
     """
     out = torch.empty_like(x)
     for i in range(0, x.shape[0], batch_size):
@@ -183,7 +183,7 @@ def train_substitute(
     (continuing from the previous round's weights, with advlab's training loop), and, except
     after the last round, add ``jacobian_augmentation(x, labels, lam_rho)`` for every point.
     The set doubles each round, so the oracle answers ``len(seed_x) * 2 ** rounds`` queries in
-    all (150 seeds, 6 rounds: 9,600; the paper's MetaMind attack: 100 seeds, 6,400).
+    all (150 seeds, 6 rounds: 9,600; the paper labels 6,400 inputs to attack MetaMind).
 
     Args:
         oracle: the target; only its labels are read (a label-only oracle suffices). A torch

@@ -12,7 +12,7 @@ rate on the training images reaches ``1 - delta`` (here ``target_rate``) or a pa
 
 Reference:
     Moosavi-Dezfooli, Fawzi, Fawzi & Frossard 2017, "Universal adversarial perturbations"
-    (CVPR), Algorithm 1 and Equation (projection ``P_{p, xi}``).
+    (CVPR), Algorithm 1 (with the projection ``P_{p, xi}``).
 """
 
 from __future__ import annotations
