@@ -15,12 +15,12 @@ Each *target* judges every source's examples through its oracle adapter
 :class:`~advlab.oracle.OnnxOracle` for the DNN exported to ONNX with ``onnx=True``), one query
 per image (:func:`~advlab.transfer.verify_on`). Cell ``(i, j)`` is the fraction of the examples
 crafted on source ``i`` that target ``j`` misclassifies (its prediction differs from the true
-label), as in Papernot, McDaniel & Goodfellow 2016, Figure 3; the clean error of each target on
+label), as in Papernot, McDaniel & Goodfellow 2016; the clean error of each target on
 the same images is reported beside it.
 
 Reference:
     Papernot, McDaniel & Goodfellow 2016, "Transferability in Machine Learning: from Phenomena to
-    Black-Box Attacks using Adversarial Samples" (arXiv:1605.07277), Section 3.
+    Black-Box Attacks using Adversarial Samples" (arXiv:1605.07277), the cross-technique matrix.
 """
 
 from __future__ import annotations
