@@ -1,5 +1,5 @@
-"""The cross-technique transferability matrix on full MNIST (Papernot, McDaniel & Goodfellow 2016,
-cross-technique matrix), through `advlab.transfer.run_transfer_matrix` (what `advlab transfer-matrix` runs).
+"""The cross-technique transferability matrix on full MNIST (Papernot, McDaniel & Goodfellow
+2016), through `advlab.transfer.run_transfer_matrix` (what `advlab transfer-matrix` runs).
 
 DNN: the zoo CNN already trained on full MNIST (bench/out/papernot-mnist-full.safetensors),
 queried as a target through ONNX Runtime (exported inside the run). LR, linear SVM, decision tree
@@ -9,8 +9,8 @@ LR and SVM (the linear models through their exact torch twins); through a 200-20
 (150 seeds from the end of the test set, 6 rounds) trained on the labels of DT, kNN and Ens.
 Writes bench/out/transfer-matrix/ (JSON, PNG heat map, HTML).
 
-Compare with the paper's cross-technique matrix (their models and attacks differ: e.g. their SVM and tree
-examples come from model-specific attacks, not substitutes).
+Compare with the paper's matrix (their models and attacks differ: e.g. their SVM and tree examples
+come from model-specific attacks, not substitutes).
 
     python bench/reproduce_transfer_matrix.py --threads 1
 """
