@@ -165,6 +165,24 @@ def test_headline_sentence_is_computed_from_the_rows(ev: Evaluation) -> None:
     )
 
 
+def test_two_norms_get_a_tile_row_and_a_table_each() -> None:
+    model = make_cnn()
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    ev2 = evaluate(model, _toy(x, model), ["fgsm", AttackConfig("pgd", {"steps": 2})],
+                   [ThreatModel("linf", 0.03), ThreatModel("l2", 0.5), ThreatModel("l2", 1.0)],
+                   EvalConfig(batch_size=8, keep_examples=2))  # fmt: skip
+    html = render_html(ev2, {"title": "cnn on toy", "model": "cnn", "dataset": "toy"})
+    verdict = _section(html, "verdict")
+    assert verdict.count('<div class="tiles">') == 2
+    assert "robust accuracy under L∞ attacks" in verdict and "under L2 attacks" in verdict
+    assert [t[1] for t in _tiles(html)] == [fmt_pct(ev2.clean_accuracy)] + [
+        fmt_pct(ev2.row(WORST_CASE, e, n).robust_accuracy)
+        for n, e in (("linf", 0.03), ("l2", 0.5), ("l2", 1.0))
+    ]
+    assert _section(html, "summary").count('<table class="grid">') == 2
+    assert "cnn on toy: " not in verdict  # the title already names model and data
+
+
 # -- tables -------------------------------------------------------------------------------------
 
 

@@ -126,7 +126,7 @@ def headline(ev: Evaluation) -> str:
 _VERDICT = """
 <section id="verdict" class="verdict">
 <h1>{{ title }}</h1>
-<p class="lead">{{ model }} on {{ dataset }}: {{ n | num }} test samples, {{ threat }}; attacks
+<p class="lead">{% if not named %}{{ model }} on {{ dataset }}: {% endif %}{{ n | num }} test samples, {{ threat }}; attacks
 {% for a in attacks %}{{ a }}{% if not loop.last %}, {% endif %}{% endfor %}.</p>
 {% for g in groups %}
 <div class="tiles-label">{{ g.label }}</div>
@@ -174,9 +174,10 @@ def verdict_section(ev: Evaluation, extra: Mapping[str, Any]) -> str:
     model, _ = _named(extra.get("model"), str(ev.config.get("model_class", "the model")))
     dataset, _ = _named(extra.get("dataset"), ev.dataset)
     lo, hi = ev.threats[0].lower, ev.threats[0].upper
+    title = str(extra.get("title") or "Adversarial robustness report")
     return fragment(
         _VERDICT,
-        title=str(extra.get("title") or "Adversarial robustness report"),
+        title=title, named=model in title and dataset in title,
         model=model, dataset=dataset, n=ev.n,
         threat=" or ".join(f"{NORM_NAMES.get(n, n)} perturbations" for n in ev.norms)
         + f", inputs in [{fmt_num(lo)}, {fmt_num(hi)}]",
