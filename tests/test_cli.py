@@ -605,3 +605,24 @@ def test_audit_certify_stores_radii_and_never_certifies_a_broken_sample(
     assert res.exit_code == 0, res.output
     html = next((tmp_path / "o2").rglob("report.html")).read_text()
     assert 'id="certified"' not in html and "certified (crown)" not in html
+
+
+def test_a_black_box_audit_within_a_query_budget(
+    runner: CliRunner, digits_model: Path, tmp_path: Path
+) -> None:
+    """--access hides what the threat model hides; --queries caps each attack per sample."""
+    args = _audit_args(digits_model, tmp_path, "--attacks", "pgd", "--access", "labels")
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 2 and "needs gradients" in res.output and "hopskipjump" in res.output
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    args = _audit_args(digits_model, tmp_path, "--attacks", "square,hopskipjump",
+                       "--access", "scores", "--queries", "60")  # fmt: skip
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    (report,) = (tmp_path / "o").glob("*/report.json")
+    ev = json.loads(report.read_text())["evaluation"]
+    config = ev["provenance"]["config"]
+    assert config["access"] == "scores" and config["queries"] == 60
+    attacked = [r for r in ev["rows"] if r["attack"] != "worst-case" and r["eps"] > 0]
+    assert {r["attack"] for r in attacked} == {"square", "hopskipjump"}
+    assert all(r["n"] < r["queries"] <= 60 * r["n"] for r in attacked), attacked

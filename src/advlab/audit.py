@@ -47,10 +47,10 @@ from advlab.evaluate.plan import CERTIFIABLE_NORMS
 from advlab.evaluate.stats import wilson_interval
 from advlab.fileio import atomic_write_json, check_writable_folder
 from advlab.models import load_model
-from advlab.oracle import Access, ModuleOracle, Oracle
+from advlab.oracle import Access, ModuleOracle, Oracle, QueryBudget
 from advlab.paths import cache_dir
 from advlab.provenance import capture
-from advlab.registry import CERTIFIERS, MODELS
+from advlab.registry import ATTACKS, CERTIFIERS, MODELS
 from advlab.report import write_html_report, write_json_report
 from advlab.results import Example
 from advlab.store import RunStore, StoreSink
@@ -86,6 +86,11 @@ class AuditConfig:
         unsafe_allow_pickle: allow loading a pickled model (runs code from the file).
         certify: a certifier (``advlab list certifiers``) computing each sample's certified
             radius after the attacks, or ``None``.
+        access: what the model reveals to the attacks: ``gradients`` (white-box, the default),
+            ``scores``, ``topk`` or ``labels``; an attack that needs more is refused before any
+            work (:class:`~advlab.oracle.Access`).
+        queries: the most queries one attack may spend on one sample (its final verification
+            included; :class:`~advlab.oracle.QueryBudget` ``per_sample``), or ``None``.
     """
 
     model: str = "papernot-mnist"
@@ -102,6 +107,8 @@ class AuditConfig:
     training: dict[str, Any] = field(default_factory=dict)
     unsafe_allow_pickle: bool = False
     certify: str | None = None
+    access: str = "gradients"
+    queries: int | None = None
 
     def __post_init__(self) -> None:
         if not self.eps:
@@ -109,12 +116,27 @@ class AuditConfig:
         self.threats()  # validates the norm and each eps
         if not self.attacks:
             raise ConfigError("no attacks given; pass e.g. --attacks fgsm,pgd")
+        access = Access.parse(self.access)
         for a in self.attacks:
             spec = get_attack(a)
             if self.norm not in spec.norms:
                 raise ConfigError(
                     f"attack {a!r} supports norms {', '.join(spec.norms)}, not {self.norm!r}"
                 )
+            if spec.needs > access:
+                fit = [n for n in ATTACKS.names() if get_attack(n).needs <= access
+                       and self.norm in get_attack(n).norms]  # fmt: skip
+                raise ConfigError(
+                    f"attack {a!r} needs {spec.needs}, but --access {access} reveals only "
+                    f"{access}; use an attack that needs no more, e.g. {', '.join(fit) or 'none'}"
+                )
+        if self.queries is not None and (
+            isinstance(self.queries, bool) or not isinstance(self.queries, int) or self.queries < 2
+        ):
+            raise ConfigError(
+                f"queries must be an integer >= 2 (the search and the verification), got "
+                f"{self.queries!r}"
+            )
         if self.n is not None and self.n < 1:
             raise ConfigError(f"n must be >= 1, got {self.n}")
         if self.batch_size < 1 or self.steps < 1:
@@ -122,6 +144,11 @@ class AuditConfig:
         TrainConfig.from_dict({**TrainConfig().to_dict(), **self.training})
         if self.certify is not None:
             CERTIFIERS.entry(self.certify)  # UnknownNameError listing the certifiers
+            if access < Access.GRADIENTS:
+                raise ConfigError(
+                    f"certification reads the model's weights, but --access {access} hides "
+                    "them; drop --certify or audit with --access gradients"
+                )
             if self.norm not in CERTIFIABLE_NORMS:
                 raise ConfigError(
                     f"certification bounds {', '.join(CERTIFIABLE_NORMS)} balls, not "
@@ -137,9 +164,16 @@ class AuditConfig:
         is left out when unset, so audits without it match the runs of earlier versions."""
         d = asdict(self)
         d["eps"], d["attacks"] = list(self.eps), list(self.attacks)
-        if self.certify is None:
-            del d["certify"]
+        for k, default in (("certify", None), ("access", "gradients"), ("queries", None)):
+            if d[k] == default:
+                del d[k]  # unset options leave the stored config as earlier versions wrote it
         return d
+
+    def oracle(self, model: nn.Module, meta: dict[str, Any]) -> ModuleOracle:
+        """The door the audit queries ``model`` through: the access and query budget set."""
+        budget = QueryBudget(per_sample=self.queries) if self.queries is not None else None
+        return ModuleOracle(model, input_shape=input_shape(meta), access=self.access,
+                            budget=budget)  # fmt: skip
 
     def eval_config(self) -> EvalConfig:
         """How the audit's evaluation runs."""
@@ -361,8 +395,7 @@ def run_audit(
     splits = load_dataset(cfg.data, data_dir=cfg.data_dir)
     test: Dataset = splits.test.take(cfg.n)
     model, model_info = prepare_model(cfg, progress)
-    oracle = probe(ModuleOracle(model, input_shape=input_shape(model_info)), test.x,
-                   test.num_classes)  # fmt: skip
+    oracle = probe(cfg.oracle(model, model_info), test.x, test.num_classes)
     if cfg.certify is not None:
         certifiable(oracle, cfg.certify)  # an unsupported layer fails here, before any run
     config = cfg.to_dict()

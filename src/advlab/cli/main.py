@@ -193,16 +193,27 @@ def _audit_help() -> str:
     "`advlab list certifiers`): certified accuracy per eps, and certified against attack radii "
     "in the report.",
 )  # fmt: skip
+@click.option(
+    "--access", default="gradients", show_default=True,
+    type=click.Choice(["gradients", "scores", "topk", "labels"]),
+    help="What the model reveals to the attacks: a black-box audit with scores (square, zoo, "
+    "autozoom) or labels only (hopskipjump).",
+)  # fmt: skip
+@click.option(
+    "--queries", type=int, default=None,
+    help="Per-sample query budget of each attack (its final verification query included).",
+)  # fmt: skip
 def audit(model: str, factory: str | None, data: str, data_dir: str | None, norm: str, eps: str,
           attacks: str, steps: int, n: int, batch_size: int, seed: int, out_dir: str,
-          store: str | None, unsafe_allow_pickle: bool, certify: str | None) -> None:  # fmt: skip
+          store: str | None, unsafe_allow_pickle: bool, certify: str | None, access: str,
+          queries: int | None) -> None:  # fmt: skip
     from advlab.audit import AuditConfig, run_audit
 
     cfg = AuditConfig(
         model=model, data=data, data_dir=data_dir, factory=factory, norm=norm,
         eps=_floats(eps), attacks=_names(attacks), steps=steps, n=n or None,
         batch_size=batch_size, seed=seed, unsafe_allow_pickle=unsafe_allow_pickle,
-        certify=certify,
+        certify=certify, access=access, queries=queries,
     )  # fmt: skip
     with _Bar() as bar:
         res = run_audit(cfg, store=_store(store), out_dir=Path(out_dir), progress=bar)
