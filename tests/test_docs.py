@@ -59,3 +59,44 @@ def test_audit_your_model_runs_as_written(tmp_path: Path) -> None:
         accs.add(ev["clean_accuracy"])
         assert ev["clean_accuracy"] > 0.8  # the three files hold the same trained network
     assert len(accs) == 1
+
+
+ROOT = DOCS.parent
+NAV_PAGE = re.compile(r"^\s*-\s.*?([\w./-]+\.md)\s*$", re.M)  # "- Title: page.md" or "- page.md"
+
+
+def _nav_pages() -> list[str]:
+    text = (ROOT / "mkdocs.yml").read_text()
+    return NAV_PAGE.findall(text[text.index("\nnav:") :])
+
+
+def test_every_docs_page_is_in_the_site_nav() -> None:
+    # mkdocs only warns about a page left out of the nav, so a new page is easy to forget;
+    # this fails fast, without building the site (CI runs `mkdocs build --strict` too).
+    nav = _nav_pages()
+    pages = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")
+                   if not p.relative_to(DOCS).as_posix().startswith("_"))  # fmt: skip
+    assert len(nav) == len(set(nav)), "a page is listed twice in the nav of mkdocs.yml"
+    assert sorted(set(pages) - set(nav)) == [], "add these pages to the nav in mkdocs.yml"
+    assert sorted(set(nav) - set(pages)) == [], "the nav of mkdocs.yml names missing pages"
+
+
+def test_api_reference_names_existing_objects() -> None:
+    import importlib
+
+    names = []
+    for page in sorted((DOCS / "reference").glob("*.md")):
+        names += re.findall(r"^::: ([\w.]+)\s*$", page.read_text(), re.M)
+    assert len(names) >= 11
+    for name in names:
+        parts = name.split(".")
+        for i in range(len(parts), 0, -1):  # the longest importable prefix, then attributes
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ModuleNotFoundError:
+                continue
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+            break
+        else:
+            raise AssertionError(f"{name} in docs/reference does not exist")
