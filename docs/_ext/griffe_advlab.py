@@ -3,7 +3,12 @@
 advlab's docstrings are Google style with a few reST habits, and its attacks are decorated
 functions. Three fixes, applied to what the reference renders, never to the sources:
 
-* reST cross-reference roles (``:func:`name```, ``:class:`~pkg.Name```) become code spans;
+* reST cross-reference roles (``:func:`name```, ``:class:`~pkg.Name```) become code spans, and
+  a paragraph ending in a reST literal-block marker ``::`` ends in ``:`` (the indented block
+  under it is already a Markdown code block);
+* an ``Args:`` item that documents several parameters at once (``x, y: ...``) becomes one item
+  per parameter (the first with the text, the others pointing to it), so that each gets its
+  type and default from the signature instead of showing as one unknown, "required" name;
 * doctest lines (``>>> ...`` and their ``...`` continuations) become ``pycon`` code blocks, so
   they do not render as nested Markdown quotes;
 * a function made by ``@register_attack`` gets the public signature that the decorator sets at
@@ -20,6 +25,7 @@ from typing import Any
 
 import griffe
 
+LITERAL = re.compile(r"(?<=\S)::$", re.M)
 ROLE = re.compile(r":(?:func|class|meth|attr|data|mod|obj|exc|const):`~?([^`]+)`")
 KINDS = {
     inspect.Parameter.POSITIONAL_ONLY: griffe.ParameterKind.positional_only,
@@ -72,6 +78,30 @@ def _doctests(text: str) -> str:
     return "\n".join(out)
 
 
+SECTION = re.compile(r"^(\s*)(Args|Arguments|Parameters|Keyword Args|Other Parameters):\s*$")
+GROUP = re.compile(r"^(\s+)(\*{0,2}\w+(?:, \*{0,2}\w+)+):(.*)$")
+
+
+def _split_groups(text: str) -> str:
+    out: list[str] = []
+    section: str | None = None  # indentation of the current Args header
+    for line in text.splitlines():
+        header = SECTION.match(line)
+        if header:
+            section = header.group(1)
+        elif section is not None and line.strip() and not line.startswith(section + " "):
+            section = None
+        group = GROUP.match(line) if section is not None else None
+        if group and len(group.group(1)) == len(section or "") + 4:
+            indent, names, rest = group.groups()
+            first, *others = [n.strip() for n in names.split(",")]
+            out.append(f"{indent}{first}:{rest}")
+            out.extend(f"{indent}{name}: see `{first.lstrip('*')}`." for name in others)
+            continue
+        out.append(line)
+    return "\n".join(out)
+
+
 def _annotation(value: Any) -> str | None:
     if value is inspect.Parameter.empty:
         return None
@@ -83,8 +113,8 @@ class AdvlabDocs(griffe.Extension):
 
     def on_object(self, *, obj: griffe.Object, **kwargs: Any) -> None:
         if obj.docstring is not None:
-            text = ROLE.sub(_role, obj.docstring.value)
-            obj.docstring.value = _doctests(text)
+            text = LITERAL.sub(":", ROLE.sub(_role, obj.docstring.value))
+            obj.docstring.value = _split_groups(_doctests(text))
 
     def on_function(self, *, func: griffe.Function, **kwargs: Any) -> None:
         if not any("register_attack" in str(d.value) for d in func.decorators):
