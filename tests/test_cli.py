@@ -626,3 +626,62 @@ def test_a_black_box_audit_within_a_query_budget(
     attacked = [r for r in ev["rows"] if r["attack"] != "worst-case" and r["eps"] > 0]
     assert {r["attack"] for r in attacked} == {"square", "hopskipjump"}
     assert all(r["n"] < r["queries"] <= 60 * r["n"] for r in attacked), attacked
+
+
+def test_an_identical_audit_reuses_the_completed_run(
+    runner: CliRunner, digits_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-running an identical configuration (same config, same model weights) reads the
+    completed cells from the store: no attack runs again; --fresh computes a new run."""
+    import advlab.evaluate.engine as engine
+    from advlab.store import RunStore
+
+    args = _audit_args(digits_model, tmp_path)
+    first = runner.invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    calls: list[str] = []
+
+    def no_attacks(*a: object, **k: object) -> None:
+        calls.append("attack")
+        raise AssertionError("an attack ran again")
+
+    monkeypatch.setattr(engine, "run_batch", no_attacks)
+    again_args = list(args)
+    again_args[again_args.index("--out") + 1] = str(tmp_path / "o2")
+    again = runner.invoke(cli, again_args)
+    assert again.exit_code == 0, again.output
+    assert calls == [] and "reused: an identical audit completed before" in again.output
+    rid = next(ln.split()[1] for ln in first.output.splitlines() if ln.startswith("run: "))
+    assert f"run: {rid}" in again.output
+    table = lambda out: [ln for ln in out.splitlines() if "│" in ln]  # noqa: E731
+    assert table(again.output) == table(first.output) and table(first.output)
+    assert (tmp_path / "o2" / rid / "report.html").exists()  # written where it was asked for
+    with RunStore(tmp_path / "s.sqlite") as store:
+        assert [r.id for r in store.list_runs()] == [rid]
+    # another model (other weights, same path) is another configuration: it is computed
+    torch.manual_seed(5)
+    save_model(build_model("mlp", num_classes=10, in_shape=(1, 8, 8)), digits_model, arch="mlp",
+               arch_kwargs={"num_classes": 10, "in_shape": [1, 8, 8]}, dataset="digits")  # fmt: skip
+    other = runner.invoke(cli, args)
+    assert other.exit_code != 0 and calls  # it tried to attack: nothing was reused
+    calls.clear()
+    fresh = runner.invoke(cli, [*args, "--fresh"])
+    assert fresh.exit_code != 0 and calls == ["attack"]
+
+
+def test_progress_lines_have_a_rate_and_an_eta_and_quiet_turns_them_off(
+    digits_model: Path, tmp_path: Path
+) -> None:
+    env = {**os.environ, "ADVLAB_HOME": str(tmp_path / "h")}
+    args = _audit_args(digits_model, tmp_path, "--batch-size", "10", "--attacks", "pgd")
+    out = subprocess.run([sys.executable, "-m", "advlab.cli.main", *args],
+                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("pgd linf eps=0.1:")]
+    assert [ln.split()[3] for ln in lines] == ["10/30", "20/30", "30/30"], lines
+    assert "/s" in lines[0] and "ETA" in lines[0] and "ETA" not in lines[-1], lines
+    args[args.index("--out") + 1] = str(tmp_path / "o2")
+    quiet = subprocess.run([sys.executable, "-m", "advlab.cli.main", *args, "--fresh", "-q"],
+                           capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert quiet.returncode == 0, quiet.stderr
+    assert "30/30" not in quiet.stderr and "pgd" in quiet.stdout  # results, no progress

@@ -329,3 +329,69 @@ def test_a_version_2_file_is_migrated_in_place(tmp_path: Path) -> None:
     fresh = tmp_path / "fresh.sqlite"
     RunStore(fresh).close()
     assert columns(old) == columns(fresh)
+
+
+# -- two writers -------------------------------------------------------------------------------------
+
+_WRITER = r"""
+import sys, time
+from pathlib import Path
+from advlab.results import Cell, SampleRecord
+from advlab.store import RunStore
+
+path, k, shared, go = sys.argv[1], int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
+with RunStore(path) as store:
+    own = store.create_run("evaluate", {"writer": k}, run_id=f"own-{k}")
+    (go.parent / f"ready-{k}").write_text("ready")
+    while not go.exists():  # both processes start writing at once
+        time.sleep(0.01)
+    for b in range(300):
+        recs = [SampleRecord(i, i % 10, i % 10, 0, True, 0.1, 3) for i in range(5 * b, 5 * b + 5)]
+        mine = [r for r in recs if r.index % 2 == k]
+        store.add_records(store.cell_id(own, Cell("pgd", "linf", 0.1, {"steps": 2})), recs,
+                          wall_time=1.0)
+        store.add_records(store.cell_id(shared, Cell(f"attack{k}", "linf", 0.1)), recs,
+                          wall_time=1.0)
+        store.add_records(store.cell_id(shared, Cell("fgsm", "linf", 0.1)), mine, wall_time=1.0)
+print("done")
+"""
+
+
+def test_two_processes_writing_one_store_lose_nothing(tmp_path: Path) -> None:
+    """Two real processes write concurrently: each its own run, and into one shared run both
+    a cell each and one cell together (disjoint samples, as shards do). Every record is there
+    exactly once, and the shared cell's wall time adds up (no lost update)."""
+    path = tmp_path / "runs.sqlite"
+    go = tmp_path / "go"
+    with RunStore(path) as store:
+        shared = store.create_run("evaluate", {"shared": True})
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path), str(k), shared, str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in (0, 1)
+    ]
+    t0 = time.time()  # both are ready (imports done, store open) before either writes
+    while not all((tmp_path / f"ready-{k}").exists() for k in (0, 1)):
+        assert time.time() - t0 < 120 and all(p.poll() is None for p in procs)
+        time.sleep(0.05)
+    go.write_text("go")
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+    everything = list(range(1500))
+    with RunStore(path) as store:
+        for k in (0, 1):
+            eid = store.find_cell(f"own-{k}", "pgd", "linf", 0.1)
+            assert eid is not None and [r.index for r in store.records(eid)] == everything
+            eid = store.find_cell(shared, f"attack{k}", "linf", 0.1)
+            assert eid is not None and [r.index for r in store.records(eid)] == everything
+            assert store.wall_time(eid) == 300.0
+        eid = store.find_cell(shared, "fgsm", "linf", 0.1)
+        assert eid is not None and [r.index for r in store.records(eid)] == everything
+        assert store.wall_time(eid) == 600.0  # 300 batches from each writer, none lost
+        n = store._conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+        assert n == 5 * 1500  # two own cells, two cells of the shared run, one cell together
+        assert {r.id for r in store.list_runs()} == {shared, "own-0", "own-1"}

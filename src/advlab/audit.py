@@ -91,6 +91,9 @@ class AuditConfig:
             work (:class:`~advlab.oracle.Access`).
         queries: the most queries one attack may spend on one sample (its final verification
             included; :class:`~advlab.oracle.QueryBudget` ``per_sample``), or ``None``.
+        attack_params: per attack name, hyper-parameters that override its defaults (and
+            ``steps``), e.g. ``{"pgd": {"steps": 100, "restarts": 5}}``; checked against the
+            attack's known parameters.
     """
 
     model: str = "papernot-mnist"
@@ -109,6 +112,7 @@ class AuditConfig:
     certify: str | None = None
     access: str = "gradients"
     queries: int | None = None
+    attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.eps:
@@ -130,6 +134,16 @@ class AuditConfig:
                     f"attack {a!r} needs {spec.needs}, but --access {access} reveals only "
                     f"{access}; use an attack that needs no more, e.g. {', '.join(fit) or 'none'}"
                 )
+        for a, params in self.attack_params.items():
+            if a not in self.attacks:
+                raise ConfigError(
+                    f"attack_params names {a!r}, which is not among the attacks "
+                    f"({', '.join(self.attacks)}); add it to the attacks or drop its parameters"
+                )
+            if not isinstance(params, dict):
+                raise ConfigError(f"the parameters of attack {a!r} must be a mapping, got "
+                                  f"{params!r}")  # fmt: skip
+            get_attack(a).resolve(params)  # unknown parameters name the known ones
         if self.queries is not None and (
             isinstance(self.queries, bool) or not isinstance(self.queries, int) or self.queries < 2
         ):
@@ -164,7 +178,8 @@ class AuditConfig:
         is left out when unset, so audits without it match the runs of earlier versions."""
         d = asdict(self)
         d["eps"], d["attacks"] = list(self.eps), list(self.attacks)
-        for k, default in (("certify", None), ("access", "gradients"), ("queries", None)):
+        for k, default in (("certify", None), ("access", "gradients"), ("queries", None),
+                           ("attack_params", {})):  # fmt: skip
             if d[k] == default:
                 del d[k]  # unset options leave the stored config as earlier versions wrote it
         return d
@@ -184,6 +199,7 @@ class AuditConfig:
         for a in self.attacks:
             spec = get_attack(a)
             params = {"steps": self.steps} if "steps" in spec.defaults and not spec.minimal else {}
+            params.update(self.attack_params.get(a, {}))
             out.append(AttackConfig(a, params))
         return out
 
@@ -314,6 +330,9 @@ class AuditOutcome:
     html: Path
     json: Path
     reused: bool = False
+    #: ``"waited"`` (another process completed it while this one waited) or ``"stored"`` (an
+    #: identical audit had completed before), where ``reused``.
+    reused_how: str | None = None
 
 
 def _emit(progress: Progress | None, **event: Any) -> None:
@@ -384,8 +403,13 @@ def run_audit(
     store: RunStore,
     out_dir: Path,
     progress: Progress | None = None,
+    fresh: bool = False,
 ) -> AuditOutcome:
     """Run an audit end to end (module docstring).
+
+    An audit whose configuration (model weights' hash included) equals a completed run's
+    reuses that run: its cells are read from the store and no attack runs again; with
+    ``fresh`` it is computed again in a new run.
 
     Raises:
         ConfigError: the report folder cannot be written (checked before any work).
@@ -403,9 +427,11 @@ def run_audit(
     provenance = capture(seed=cfg.seed, config=config)
     waited: str | None = None
     while True:
-        got = claim(store, "audit", config, provenance, waiting_for=waited)
+        got = claim(store, "audit", config, provenance, waiting_for=waited,
+                    reuse_complete=not fresh)  # fmt: skip
         if got.action == "reuse":
-            return _reuse(cfg, store, got.run_id, out_dir, oracle, model_info, test, progress)
+            return _reuse(cfg, store, got.run_id, out_dir, oracle, model_info, test, progress,
+                          waited=got.run_id == waited, splits_meta=splits.meta, t0=t0)  # fmt: skip
         if got.action != "wait":
             break
         if waited is None:
@@ -508,14 +534,25 @@ def _reuse(
     model_info: dict[str, Any],
     test: Dataset,
     progress: Progress | None,
+    *,
+    waited: bool,
+    splits_meta: dict[str, Any],
+    t0: float,
 ) -> AuditOutcome:
-    """The results of an identical audit that another process completed while this one waited
-    (read from the store: nothing is recomputed and the reports are not written again)."""
+    """The results of an identical audit that completed: another process's that this one
+    waited for, or an earlier one (``waited=False``). They are read from the store (no attack
+    runs again); the reports are written into ``out_dir`` only where they are not there yet."""
     run = store.get_run(run_id)
-    _emit(progress, stage="reuse", message=f"reusing run {run_id}, completed by another process")
+    how = "completed by another process" if waited else "an identical audit completed it"
+    _emit(progress, stage="reuse", message=f"reusing run {run_id}, {how}")
     ev = _evaluate(cfg, oracle, test, StoreSink(store, run_id), run.provenance, None)
-    html = Path((run.summary or {}).get("report") or out_dir / run_id / "report.html")
-    return AuditOutcome(run_id, ev, model_info, html, html.with_name("report.json"), reused=True)
+    html = out_dir / run_id / "report.html"
+    if html.exists():
+        js = html.with_name("report.json")
+    else:
+        html, js = _reports(cfg, run_id, ev, model_info, test, splits_meta, out_dir, t0, oracle)
+    return AuditOutcome(run_id, ev, model_info, html, js, reused=True,
+                        reused_how="waited" if waited else "stored")  # fmt: skip
 
 
 #: Identifies the JSON file ``advlab certify --out`` writes; bumped on incompatible changes.

@@ -17,8 +17,16 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from advlab import __version__
 from advlab.errors import AdvlabError, ConfigError
@@ -58,18 +66,30 @@ def _label(event: dict[str, Any]) -> str:
     return stage
 
 
-class _Bar:
-    """Progress fed by the library's progress events: a rich bar on a terminal, and plain lines
-    (one per finished batch, epoch or message) when the output is piped to a log."""
+class _Rate(ProgressColumn):
+    """Samples (or epochs) per second of a task, from rich's speed estimate."""
 
-    def __init__(self) -> None:
-        self.live = console.is_terminal
+    def render(self, task: Any) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:.3g}/s", style="progress.data.speed")
+
+
+class _Bar:
+    """Progress fed by the library's progress events: a rich bar with rate and ETA on a
+    terminal, plain lines (one per finished batch, epoch or message, with rate and ETA) when the
+    output is piped to a log, and nothing with ``quiet``."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.live = console.is_terminal and not quiet
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+            _Rate(), TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
         )  # fmt: skip
         self.tasks: dict[str, Any] = {}
         self.start = time.monotonic()
+        self.started: dict[str, tuple[float, int]] = {}
+        self.last = self.start
 
     def __enter__(self) -> _Bar:
         if self.live:
@@ -81,6 +101,8 @@ class _Bar:
             self.progress.__exit__(*exc)  # type: ignore[arg-type]
 
     def __call__(self, event: dict[str, Any]) -> None:
+        if self.quiet:
+            return
         if "message" in event:
             console.print(f"[dim]{escape(str(event['message']))}[/dim]", highlight=False)
         done, total = event.get("done"), event.get("total")
@@ -90,14 +112,30 @@ class _Bar:
         if not self.live:
             if event.get("event") == "step":
                 return  # epochs print their own summary line
-            elapsed = time.monotonic() - self.start
+            now = time.monotonic()
             note = " (stored)" if event.get("resumed") else ""
-            console.print(f"{escape(label)}: {done}/{total}{note} [{elapsed:.0f} s]",
+            if event.get("resumed") or label not in self.started:
+                # a task starts when the one before it ended; stored batches cost nothing
+                begin = now if event.get("resumed") else self.last
+                self.started[label] = (begin, int(done) if event.get("resumed") else 0)
+            t0, d0 = self.started[label]
+            self.last = now
+            rate = (int(done) - d0) / (now - t0) if now > t0 and int(done) > d0 else None
+            eta = (f", ETA {(int(total) - int(done)) / rate:.0f} s"
+                   if rate and int(done) < int(total) else "")  # fmt: skip
+            speed = f", {rate:.3g}/s" if rate else ""
+            console.print(f"{escape(label)}: {done}/{total}{note} "
+                          f"[{now - self.start:.0f} s{speed}{eta}]",
                           highlight=False, markup=False)  # fmt: skip
             return
         if label not in self.tasks:
             self.tasks[label] = self.progress.add_task(escape(label), total=total)
         self.progress.update(self.tasks[label], completed=done, total=total)
+
+
+#: ``--quiet`` of the long commands.
+_quiet = click.option("--quiet", "-q", "quiet", is_flag=True,
+                      help="No progress output (results and errors are still printed).")  # fmt: skip
 
 
 class _Group(click.Group):
@@ -203,10 +241,14 @@ def _audit_help() -> str:
     "--queries", type=int, default=None,
     help="Per-sample query budget of each attack (its final verification query included).",
 )  # fmt: skip
+@click.option("--fresh", is_flag=True,
+              help="Compute again even if an identical audit completed before (by default its "
+              "stored results are reused).")  # fmt: skip
+@_quiet
 def audit(model: str, factory: str | None, data: str, data_dir: str | None, norm: str, eps: str,
           attacks: str, steps: int, n: int, batch_size: int, seed: int, out_dir: str,
           store: str | None, unsafe_allow_pickle: bool, certify: str | None, access: str,
-          queries: int | None) -> None:  # fmt: skip
+          queries: int | None, fresh: bool, quiet: bool) -> None:  # fmt: skip
     from advlab.audit import AuditConfig, run_audit
 
     cfg = AuditConfig(
@@ -215,8 +257,13 @@ def audit(model: str, factory: str | None, data: str, data_dir: str | None, norm
         batch_size=batch_size, seed=seed, unsafe_allow_pickle=unsafe_allow_pickle,
         certify=certify, access=access, queries=queries,
     )  # fmt: skip
-    with _Bar() as bar:
-        res = run_audit(cfg, store=_store(store), out_dir=Path(out_dir), progress=bar)
+    with _Bar(quiet) as bar:
+        res = run_audit(cfg, store=_store(store), out_dir=Path(out_dir), progress=bar, fresh=fresh)
+    print_audit(res, model, data)
+
+
+def print_audit(res: Any, model: str, data: str) -> None:
+    """The audit's result on stdout: model, data, clean accuracy, the table, run and reports."""
     ev = res.evaluation
     lo, hi = ev.clean_ci
     source = str(res.model_info.get("source", ""))
@@ -230,8 +277,10 @@ def audit(model: str, factory: str | None, data: str, data_dir: str | None, norm
         stdout.print(_radius_line(norm, ev.certified[0].method,
                                   [b.certified for b in bounds if b.correct]), highlight=False,
                      markup=False)  # fmt: skip
-    stdout.print(f"run: {res.run_id}" + (" (completed by another process)" if res.reused else ""),
-                 highlight=False)  # fmt: skip
+    note = {"waited": " (completed by another process)",
+            "stored": " (reused: an identical audit completed before; --fresh computes again)",
+            }.get(res.reused_how or "", "")  # fmt: skip
+    stdout.print(f"run: {res.run_id}{note}", highlight=False, markup=False)
     stdout.print(f"report: {res.html}", highlight=False, soft_wrap=True, markup=False)
     stdout.print(f"json: {res.json}", highlight=False, soft_wrap=True, markup=False)
 
@@ -273,10 +322,11 @@ def _certify_help() -> str:
               help="Folder for the JSON result (certify-<method>-<norm>.json).")  # fmt: skip
 @click.option("--unsafe-allow-pickle", is_flag=True,
               help="Allow loading pickled models. This executes code from the file.")  # fmt: skip
+@_quiet
 def certify_cmd(model: str, factory: str | None, data: str, data_dir: str | None, method: str,
                 norm: str, eps: tuple[str, ...], radius: bool, steps: int, n: int,
                 batch_size: int, seed: int, out_dir: str | None,
-                unsafe_allow_pickle: bool) -> None:  # fmt: skip
+                unsafe_allow_pickle: bool, quiet: bool) -> None:  # fmt: skip
     from advlab.audit import CertifyConfig, run_certify
 
     cfg = CertifyConfig(
@@ -284,8 +334,13 @@ def certify_cmd(model: str, factory: str | None, data: str, data_dir: str | None
         eps=tuple(e for text in eps for e in _floats(text)), radius=radius, steps=steps,
         n=n or None, batch_size=batch_size, seed=seed, unsafe_allow_pickle=unsafe_allow_pickle,
     )  # fmt: skip
-    with _Bar() as bar:
+    with _Bar(quiet) as bar:
         res = run_certify(cfg, out_dir=Path(out_dir) if out_dir else None, progress=bar)
+    print_certify(res, model, data, method, norm)
+
+
+def print_certify(res: Any, model: str, data: str, method: str, norm: str) -> None:
+    """``advlab certify``'s result on stdout."""
     lo, hi = res.clean_ci
     stdout.print(f"model: {model}", highlight=False, markup=False)
     stdout.print(f"data: {data}, {res.n} test samples; clean accuracy {res.clean_accuracy:.2%} "
@@ -395,6 +450,7 @@ def _train_options(f: Any) -> Any:
         click.option("--device", default=None, help="cpu or cuda (default: cpu)."),
         click.option("--resume/--no-resume", default=True, show_default=True,
                      help="Continue from the checkpoint beside --out if there is one."),
+        _quiet,
     ]):  # fmt: skip
         f = deco(f)
     return f
@@ -424,7 +480,7 @@ def _dest(out: str | None, default: str) -> Path:
 def _fit(o: dict[str, Any], cfg: Any, dest: Path) -> dict[str, Any]:
     from advlab.defenses import train_and_save
 
-    with _Bar() as bar:
+    with _Bar(o.get("quiet", False)) as bar:
         _, meta = train_and_save(
             o["model"], o["data"], cfg, dest, data_dir=o["data_dir"], resume=o["resume"],
             progress=bar, arch_kwargs=_key_values(o["arch_param"], "--arch-param"),
@@ -556,6 +612,66 @@ def train_codec_cmd(data: str, data_dir: str | None, out: str | None, epochs: in
                  f"{mse:.5f}; saved {path}", highlight=False, markup=False)  # fmt: skip
 
 
+@cli.command("run")
+@click.argument("file", required=False)
+@click.option("--schema", "show_schema", is_flag=True,
+              help="Print the experiment file's JSON Schema and exit.")  # fmt: skip
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a key of the file, e.g. --set audit.n=10 (value read as YAML).")  # fmt: skip
+@click.option("--check", is_flag=True, help="Check the file and print it resolved; run nothing.")
+@click.option("--fresh", is_flag=True,
+              help="Compute the audit again even if an identical one completed before.")  # fmt: skip
+@_quiet
+def run_cmd(file: str | None, show_schema: bool, sets: tuple[str, ...], check: bool, fresh: bool,
+            quiet: bool) -> None:  # fmt: skip
+    """Run an experiment file: its train, audit and certify sections, in that order.
+
+    Unknown keys are errors naming the nearest valid key; `advlab run --schema` prints the
+    file's JSON Schema (for editors). See docs/runs.md and examples/experiment.yaml.
+
+    \b
+    Examples:
+      advlab run examples/experiment.yaml
+      advlab run examples/experiment.yaml --set audit.n=20 --check
+    """
+    import yaml
+
+    from advlab.experiment import load_experiment, run_experiment, schema
+    from advlab.serialize import pretty_json
+
+    if show_schema:
+        click.echo(pretty_json(schema()))
+        return
+    if file is None:
+        raise ConfigError("advlab run needs an experiment file (see examples/experiment.yaml), "
+                          "or --schema")  # fmt: skip
+    overrides: dict[str, Any] = {}
+    for text in sets:
+        key, sep, raw = text.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {text}: expected SECTION.KEY=VALUE, e.g. audit.n=10")
+        try:
+            overrides[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {text}: the value is not valid YAML") from None
+    exp = load_experiment(file, overrides)
+    if check:
+        click.echo(pretty_json(exp.to_dict()))
+        return
+    with _Bar(quiet) as bar:
+        res = run_experiment(exp, progress=bar, fresh=fresh)
+    if res.train_meta is not None and exp.train is not None:
+        how = "reused" if res.train_reused else "trained"
+        acc = res.train_meta.get("clean_accuracy", float("nan"))
+        stdout.print(f"train: {how} {exp.train.out} (test accuracy {acc:.2%})",
+                     highlight=False, markup=False)  # fmt: skip
+    if res.audit is not None and exp.audit is not None:
+        print_audit(res.audit, exp.audit.model, exp.audit.data)
+    if res.certify is not None and exp.certify is not None:
+        c = exp.certify
+        print_certify(res.certify, c.model, c.data, c.method, c.norm)
+
+
 @cli.command("list")
 @click.argument(
     "kind", type=click.Choice(["attacks", "models", "datasets", "recipes", "certifiers"])
@@ -634,6 +750,115 @@ def runs_show(run_id: str, store: str | None, as_json: bool) -> None:
             for c in cert), highlight=False, markup=False)  # fmt: skip
 
 
+@runs.command("compare")
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--store", default=None)
+@click.option("--html", "html", default=None, metavar="PATH",
+              help="Also write a self-contained HTML comparison to PATH.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@click.option("--allow-incomplete", is_flag=True,
+              help="Compare runs that did not complete (their stored rows).")  # fmt: skip
+def runs_compare(run_a: str, run_b: str, store: str | None, html: str | None, as_json: bool,
+                 allow_incomplete: bool) -> None:  # fmt: skip
+    """Compare run B with run A: robust accuracy per attack and eps side by side, B - A with a
+    95% interval (Newcombe's paired interval when both runs evaluated the same samples, the
+    independent one otherwise), and the samples that flipped. Ids may be unique prefixes."""
+    from advlab.compare import compare_runs, write_compare_html
+    from advlab.serialize import pretty_json
+
+    cmp = compare_runs(_store(store), run_a, run_b, allow_incomplete=allow_incomplete)
+    path = write_compare_html(html, cmp) if html else None
+    if as_json:
+        doc = cmp.to_dict()
+        if path is not None:
+            doc["html"] = str(path)
+        click.echo(pretty_json(doc))
+        return
+    for w in cmp.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False)
+    _print_comparison(cmp)
+    if path is not None:
+        stdout.print(f"html: {path}", highlight=False, soft_wrap=True, markup=False)
+
+
+def _print_comparison(cmp: Any) -> None:
+    from advlab.compare import sentence
+    from advlab.evaluate.plan import CLEAN, WORST_CASE
+    from advlab.report.fmt import attack_label
+
+    for name, r in (("A", cmp.a), ("B", cmp.b)):
+        n = len(r.clean) if r.clean is not None else "?"
+        stdout.print(f"{name}: {r.info.id}  {r.info.config.get('model', '?')} on {r.dataset}, "
+                     f"n={n}, {r.info.status}", highlight=False, markup=False)  # fmt: skip
+    how = ("paired (same samples): Newcombe 1998 paired score interval" if cmp.paired else
+           f"not paired ({cmp.unpaired_reason}): Newcombe 1998 independent score interval")  # fmt: skip
+    table = Table(title=escape(f"robust accuracy, B - A with 95% interval; {how}"))
+    for col in ("attack", "norm", "eps", "A", "B", "B-A", "95% CI", "A>B", "B>A"):
+        table.add_column(col, justify="left" if col == "attack" else "right", no_wrap=True)
+    for r in cmp.rows:
+        side = r.a or r.b or {}
+        label = ("clean" if r.attack == CLEAN else "worst-case" if r.attack == WORST_CASE
+                 else attack_label(r.attack, side.get("params")))  # fmt: skip
+        if r.params_differ and r.a and r.b:
+            label = (
+                f"{attack_label(r.attack, r.a['params'])}/{attack_label(r.attack, r.b['params'])}"
+            )
+        acc = lambda s: "-" if s is None else f"{s['accuracy']:.1%}"  # noqa: E731
+        if r.only is not None:
+            diff, ci, broken, fixed = f"only in {r.only}", "-", "-", "-"
+        else:
+            diff = f"{100 * r.diff:+.1f}"
+            ci = f"{100 * r.ci[0]:+.1f}..{100 * r.ci[1]:+.1f}"
+            broken = str(r.broken_in_b["count"]) if r.broken_in_b else "-"
+            fixed = str(r.fixed_in_b["count"]) if r.fixed_in_b else "-"
+        table.add_row(escape(label), r.norm or "-", "-" if r.attack == CLEAN else f"{r.eps:g}",
+                      acc(r.a), acc(r.b), diff, ci, broken, fixed)  # fmt: skip
+    stdout.print(table)
+    stdout.print("A>B: robust in A, broken in B; B>A: the reverse (points are percent).",
+                 highlight=False, markup=False)  # fmt: skip
+    for r in cmp.rows:
+        if r.attack != WORST_CASE or not r.broken_in_b or not r.fixed_in_b:
+            continue
+        if r.broken_in_b["count"] or r.fixed_in_b["count"]:
+            stdout.print(
+                f"worst-case {r.norm} eps={r.eps:g}: broken in B {_flip_text(r.broken_in_b)}; "
+                f"fixed in B {_flip_text(r.fixed_in_b)}", highlight=False, markup=False,
+            )  # fmt: skip
+    stdout.print(sentence(cmp), highlight=False, markup=False)
+
+
+def _flip_text(f: dict[str, Any]) -> str:
+    if not f["count"]:
+        return "0"
+    more = ", ..." if f["count"] > len(f["first"]) else ""
+    return f"{f['count']} (indices {', '.join(map(str, f['first']))}{more})"
+
+
+@runs.command("export")
+@click.argument("run_id")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json", "parquet"]), default="csv",
+              show_default=True)  # fmt: skip
+@click.option("--out", default=None, metavar="PATH",
+              help="Destination (default <run id>-records.<format>; - prints csv or json).")  # fmt: skip
+@click.option("--rows", "derived", is_flag=True,
+              help="Also export the reported rows derived from the cells (a minimal attack at "
+              "each eps, the worst case).")  # fmt: skip
+@click.option("--store", default=None)
+def runs_export(run_id: str, fmt: str, out: str | None, derived: bool, store: str | None) -> None:
+    """Export a run's per-sample records: one row per sample and cell (index, label, attack,
+    norm, eps, success, robust, perturbation size, queries, predictions, target, certified
+    radius, ...) and the run's metadata (configuration, provenance, summaries) in JSON: inside
+    the file for json and parquet, beside it (<out>.meta.json) for csv."""
+    from advlab.compare import export_run
+
+    path, text, count = export_run(_store(store), run_id, fmt, out, derived=derived)
+    if text is not None:
+        click.echo(text, nl=False)
+        return
+    console.print(f"{count} records written to {path}", highlight=False, markup=False)
+
+
 @cli.command("transfer-matrix")
 @click.option("--families", default="dnn,lr,svm,tree,knn,ens", show_default=True,
               help="Model families: dnn, lr, svm, tree, knn, ens (majority vote of the others).")  # fmt: skip
@@ -652,9 +877,11 @@ def runs_show(run_id: str, store: str | None, as_json: bool) -> None:
               help="Small budgets: 1 DNN epoch, 2,000 training images, 3 substitute rounds.")  # fmt: skip
 @click.option("--out", "out_dir", default="transfer-matrix", show_default=True,
               help="Folder for transfer-matrix.json, .png (heat map) and .html.")  # fmt: skip
+@_quiet
 def transfer_matrix_cmd(families: str, data: str, data_dir: str | None, n: int, eps: float,
                         train_size: int | None, dnn_arch: str, dnn_path: str | None, onnx: bool,
-                        seed: int, device: str, quick: bool, out_dir: str) -> None:  # fmt: skip
+                        seed: int, device: str, quick: bool, out_dir: str,
+                        quiet: bool) -> None:  # fmt: skip
     """Cross-family transferability: train models of several families on the same data, craft
     FGSM examples on each (white-box for DNN/LR/SVM, through a substitute trained on the labels
     of DT/kNN/ensemble), and print the rate at which each target misclassifies them (Papernot,
@@ -667,7 +894,7 @@ def transfer_matrix_cmd(families: str, data: str, data_dir: str | None, n: int, 
         train_size=train_size if train_size or not quick else 2000, dnn_arch=dnn_arch,
         dnn_path=dnn_path, onnx=onnx, seed=seed, device=device, **(quick_opts if quick else {}),
     )  # fmt: skip
-    with _Bar() as bar:
+    with _Bar(quiet) as bar:
         res = run_transfer_matrix(cfg, out_dir=Path(out_dir), progress=bar)
     table = Table(
         title=f"% misclassified by the target (FGSM eps={eps:g}, {escape(data)}, n={res.n})"

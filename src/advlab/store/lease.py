@@ -80,7 +80,7 @@ class Claim:
     Attributes:
         action: ``"new"`` (a run was created), ``"resume"`` (an abandoned identical run was
             taken over), ``"wait"`` (a live process holds an identical run) or ``"reuse"`` (the
-            run waited for has completed).
+            run waited for has completed, or with ``reuse_complete`` an identical run had).
         run_id: the run created, resumed, or held by the other process.
         owner: for ``"wait"``, the other process's owner id.
     """
@@ -97,6 +97,7 @@ def claim(
     provenance: Mapping[str, Any],
     *,
     waiting_for: str | None = None,
+    reuse_complete: bool = False,
 ) -> Claim:
     """Start, resume or wait for a run of ``kind`` with ``config`` (module docstring).
 
@@ -104,6 +105,9 @@ def claim(
         waiting_for: the live run an earlier claim said to wait for; if it has completed since,
             the claim says ``"reuse"`` (decided in the same transaction, so a run that finishes
             between two looks is never missed).
+        reuse_complete: if an identical run has completed, say ``"reuse"`` with the newest
+            such run instead of starting a new one (re-running an identical configuration then
+            reads its stored cells and computes nothing again).
     """
     me = owner_id()
     text = canonical_json(config)
@@ -113,6 +117,14 @@ def claim(
             row = c.execute("SELECT status FROM runs WHERE id = ?", (waiting_for,)).fetchone()
             if row is not None and row["status"] == "complete":
                 return Claim("reuse", waiting_for)
+        if reuse_complete:
+            done = c.execute(
+                "SELECT id FROM runs WHERE kind = ? AND status = 'complete' AND config = ? "
+                "ORDER BY rowid DESC LIMIT 1",
+                (kind, text),
+            ).fetchone()
+            if done is not None:
+                return Claim("reuse", done["id"])
         rows = c.execute(
             "SELECT * FROM runs WHERE kind = ? AND status != 'complete' AND config = ? "
             "ORDER BY rowid DESC",

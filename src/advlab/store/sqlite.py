@@ -519,6 +519,21 @@ class RunStore:
             )
         return int(row["id"])
 
+    def cells(self, run_id: str) -> list[tuple[int, Cell]]:
+        """Every evaluation row of a run that holds per-sample records: ``(id, cell)``, in the
+        order the rows were created (the clean pass, attack cells, certification cells)."""
+        self._check_run(run_id)
+        rows = self._conn.execute(
+            "SELECT e.id, e.attack, e.norm, e.eps, e.params FROM evaluations e WHERE e.run_id = ? "
+            "AND EXISTS (SELECT 1 FROM samples s WHERE s.evaluation_id = e.id) ORDER BY e.id",
+            (run_id,),
+        ).fetchall()
+        return [(int(r[0]), Cell(r[1], r[2], float(r[3]), _loads(r[4]))) for r in rows]
+
+    def run_ids(self) -> list[str]:
+        """Every run id in the store, newest first."""
+        return [r[0] for r in self._conn.execute("SELECT id FROM runs ORDER BY rowid DESC")]
+
     def write_summary(self, run_id: str, summary: Summary) -> None:
         """Store the aggregate numbers of one row (created if it is not stored yet)."""
         cell = Cell(summary.attack, summary.norm, summary.eps, summary.params)
