@@ -21,6 +21,7 @@ from advlab.compare import (
     newcombe_unpaired,
     resolve_run_id,
     row_records,
+    sentence,
 )
 from advlab.errors import ConfigError, UnknownNameError
 from advlab.models import build_model, save_model
@@ -133,7 +134,10 @@ def test_compare_cli_table_json_and_html(two_runs: tuple[Path, str, str], tmp_pa
                               "--html", str(tmp_path / "c.html")])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert f"A: {a}" in res.output and f"B: {b}" in res.output and "only in B" in res.output
-    assert "paired" in res.output and "Worst-case robust accuracy" in res.output
+    with RunStore(store_path) as store:
+        said = sentence(compare_runs(store, a, b))
+    assert "paired" in res.output and "orst-case robust accuracy" in said
+    assert said.split(":")[0] in " ".join(res.output.split())
     html = (tmp_path / "c.html").read_text()
     assert "data:image/png;base64," in html and a in html and b in html
     assert "Newcombe" in html and "http://" not in html and "https://" not in html

@@ -521,30 +521,38 @@ def _acc(side: dict[str, Any] | None) -> str:
 
 
 def sentence(cmp: Comparison) -> str:
-    """One plain sentence on the worst case at the largest eps both runs share."""
+    """One plain sentence on the worst case where the two runs differ most (the largest eps
+    among ties)."""
     from advlab.report.fmt import NORM_NAMES, fmt_pct
 
     worst = [r for r in cmp.rows if r.attack == WORST_CASE and r.diff is not None and r.eps > 0]
     if not worst:
         return "The runs share no attacked row."
-    r = max(worst, key=lambda r: (r.norm == worst[0].norm, r.eps))
+    r = max(worst, key=lambda r: (abs(r.diff or 0.0), r.norm == worst[0].norm, r.eps))
     assert r.ci is not None and r.diff is not None and r.a is not None and r.b is not None
     where = f"{NORM_NAMES.get(r.norm, r.norm)} ε = {r.eps:g}"
     lo, hi = r.ci
     sig = "a real change" if lo > 0 or hi < 0 else "not distinguishable from no change"
-    change = (f"is {fmt_pct(r.a['accuracy'])} in both runs" if r.diff == 0 else
-              f"{'rises' if r.diff > 0 else 'falls'} from {fmt_pct(r.a['accuracy'])} in A to "
+    if r.diff == 0:
+        return (f"Worst-case robust accuracy is the same in both runs at every shared ε (at "
+                f"{where}: {fmt_pct(r.a['accuracy'])}, 95% interval of the difference "
+                f"{100 * lo:+.1f} to {100 * hi:+.1f} points).")  # fmt: skip
+    change = (f"{'rises' if r.diff > 0 else 'falls'} from {fmt_pct(r.a['accuracy'])} in A to "
               f"{fmt_pct(r.b['accuracy'])} in B")  # fmt: skip
-    return (f"Worst-case robust accuracy at {where} {change} ({100 * r.diff:+.1f} points, 95% "
-            f"interval {100 * lo:+.1f} to {100 * hi:+.1f}): {sig}.")  # fmt: skip
+    return (f"The runs differ most at {where}: worst-case robust accuracy {change} "
+            f"({100 * r.diff:+.1f} points, 95% interval {100 * lo:+.1f} to {100 * hi:+.1f}): "
+            f"{sig}.")  # fmt: skip
 
 
 def _plot(cmp: Comparison, norm: str) -> str | None:
     from advlab.report.fmt import figure, png_data_uri
     from advlab.report.plots import _style
 
-    pts = {side: [(r.eps, (r.a if side == "A" else r.b)) for r in cmp.rows
-                  if r.attack == WORST_CASE and r.norm == norm] for side in ("A", "B")}  # fmt: skip
+    # clean accuracy is the worst case at eps = 0
+    pts = {side: [(r.eps if r.attack != CLEAN else 0.0, (r.a if side == "A" else r.b))
+                  for r in cmp.rows if r.attack == CLEAN or (r.attack == WORST_CASE
+                                                             and r.norm == norm)]
+           for side in ("A", "B")}  # fmt: skip
     if not any(s for _, s in pts["A"] + pts["B"]):
         return None
     with _style():

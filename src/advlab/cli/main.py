@@ -721,9 +721,11 @@ def runs_list(store: str | None, limit: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the full record as JSON.")
 def runs_show(run_id: str, store: str | None, as_json: bool) -> None:
     """Show one run and its evaluations."""
+    from advlab.compare import resolve_run_id
     from advlab.serialize import pretty_json
 
     st = _store(store)
+    run_id = resolve_run_id(st, run_id)  # a unique prefix names the run
     r = st.get_run(run_id)
     rows = st.summaries(run_id)
     if as_json:
