@@ -268,3 +268,30 @@ def test_export_refuses_bad_input(two_runs: tuple[Path, str, str]) -> None:
         path, text, n = export_run(store, a, "csv", "-")
         assert path is None and text is not None and n == len(text.splitlines()) - 1
         assert next(csv.reader(io.StringIO(text)))[:3] == ["run_id", "row", "attack"]
+
+
+def test_certified_accuracy_is_compared_where_both_runs_certified(tmp_path: Path) -> None:
+    runner = CliRunner()
+    extra = ("--certify", "ibp", "--attacks", "fgsm", "--eps", "0,0.001,0.3")
+    a = _audit(runner, _model(tmp_path, 0), tmp_path, *extra)
+    b = _audit(runner, _model(tmp_path, 1), tmp_path, *extra)
+    with RunStore(tmp_path / "s.sqlite") as store:
+        cmp = compare_runs(store, a, b)
+        stored = {rid: store.get_run(rid).summary or {} for rid in (a, b)}
+    cert = [r for r in cmp.rows if r.attack == "certified"]
+    assert [r.eps for r in cert] == [0.001, 0.3] and all(r.method == "paired" for r in cert)
+    assert cert[0].a is not None and cert[0].a["robust"] > 0  # something certified at 0.001
+    for r in cert:
+        for side, rid in ((r.a, a), (r.b, b)):
+            (want,) = [c for c in stored[rid]["certified"] if c["eps"] == r.eps]
+            assert side is not None and side["accuracy"] == pytest.approx(
+                want["certified_accuracy"]
+            )
+            assert side["params"]["method"] == "ibp"
+        assert r.fixed_in_b is not None and r.broken_in_b is not None and r.a and r.b
+        assert r.fixed_in_b["count"] - r.broken_in_b["count"] == r.b["robust"] - r.a["robust"]
+    # each certified row follows the worst case of its eps
+    keys = [(r.attack, r.eps) for r in cmp.rows]
+    assert keys.index(("certified", 0.3)) == keys.index(("worst-case", 0.3)) + 1
+    res = runner.invoke(cli, ["runs", "compare", a, b, "--store", str(tmp_path / "s.sqlite")])
+    assert "certified (ibp) (L∞)" in res.output

@@ -107,6 +107,11 @@ def test_attack_params_flow_into_the_attacks_and_old_configs_still_match() -> No
     assert cfg.to_dict()["attack_params"] == {"pgd": {"restarts": 2}}
     pgd = next(c for c in cfg.attack_configs() if c.name == "pgd")
     assert dict(pgd.params) == {"steps": 40, "restarts": 2} and pgd.resolved["restarts"] == 2
+    # a parameter equal to what the attack takes anyway changes nothing: the same stored config
+    same = parse_experiment({"audit": {"n": 10, "steps": 3, "attacks": [
+        "fgsm", {"name": "pgd", "steps": 3, "restarts": 1}]}}).audit  # fmt: skip
+    assert same is not None
+    assert same.to_dict() == AuditConfig(attacks=("fgsm", "pgd"), n=10, steps=3).to_dict()
     with pytest.raises(ConfigError, match="does not take 'stepz'"):
         AuditConfig(attacks=("pgd",), attack_params={"pgd": {"stepz": 2}})
     with pytest.raises(ConfigError, match="not among the attacks"):

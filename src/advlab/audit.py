@@ -178,11 +178,25 @@ class AuditConfig:
         is left out when unset, so audits without it match the runs of earlier versions."""
         d = asdict(self)
         d["eps"], d["attacks"] = list(self.eps), list(self.attacks)
+        d["attack_params"] = self._effective_attack_params()
         for k, default in (("certify", None), ("access", "gradients"), ("queries", None),
                            ("attack_params", {})):  # fmt: skip
             if d[k] == default:
                 del d[k]  # unset options leave the stored config as earlier versions wrote it
         return d
+
+    def _effective_attack_params(self) -> dict[str, dict[str, Any]]:
+        """``attack_params`` less what changes nothing (a value the attack would take anyway),
+        so that ``{name: pgd, steps: 40}`` with ``steps: 40`` matches the run of ``--steps 40``."""
+        out: dict[str, dict[str, Any]] = {}
+        for a, params in self.attack_params.items():
+            spec = get_attack(a)
+            base = {"steps": self.steps} if "steps" in spec.defaults and not spec.minimal else {}
+            ref, full = spec.resolve(base), spec.resolve({**base, **params})
+            changed = {k: v for k, v in params.items() if full[k] != ref[k]}
+            if changed:
+                out[a] = changed
+        return out
 
     def oracle(self, model: nn.Module, meta: dict[str, Any]) -> ModuleOracle:
         """The door the audit queries ``model`` through: the access and query budget set."""

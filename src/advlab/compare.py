@@ -36,7 +36,7 @@ from typing import Any
 
 from advlab.errors import ConfigError, UnknownNameError
 from advlab.evaluate.aggregate import _at_eps
-from advlab.evaluate.plan import CLEAN, WORST_CASE
+from advlab.evaluate.plan import CERTIFIED, CLEAN, WORST_CASE
 from advlab.evaluate.stats import wilson_interval
 from advlab.fileio import atomic_write, atomic_write_json, atomic_write_text
 from advlab.results import SampleRecord, Summary, worst_case_records
@@ -205,6 +205,11 @@ class StoredRun:
     info: RunInfo
     summaries: dict[RowKey, Summary]
     records: dict[RowKey, list[SampleRecord]]
+    #: per ``("certified", norm, eps)``: the certifier's parameters and, per sample (index,
+    #: certified at eps: correct clean and certified radius >= eps), where the run certified
+    certified: dict[RowKey, tuple[dict[str, Any], list[tuple[int, bool]]]] = field(
+        default_factory=dict
+    )
 
     @property
     def dataset(self) -> str | None:
@@ -236,7 +241,17 @@ def load_run(store: RunStore, run_id: str, *, allow_incomplete: bool = False) ->
             f"run {rid} ({info.kind}, {info.status}) has no result rows to compare; compare "
             "runs of `advlab audit` or `advlab run`"
         )
-    return StoredRun(info, summaries, row_records(store, rid))
+    certified: dict[RowKey, tuple[dict[str, Any], list[tuple[int, bool]]]] = {}
+    for eid, cell in store.cells(rid):
+        if cell.attack != CERTIFIED:
+            continue
+        recs = store.records(eid)
+        for eps in sorted({k[2] for k in summaries if k[1] == cell.norm and k[2] > 0}):
+            # as aggregate counts it: correct clean and a certified radius of at least eps
+            hit = [(r.index, r.clean_pred == r.label and (r.certified or 0.0) >= eps)
+                   for r in recs]  # fmt: skip
+            certified[(CERTIFIED, cell.norm, eps)] = (dict(cell.params), hit)
+    return StoredRun(info, summaries, row_records(store, rid), certified)
 
 
 # -- comparing ----------------------------------------------------------------------------------
@@ -351,12 +366,29 @@ def _pairing(a: StoredRun, b: StoredRun) -> str | None:
     return None
 
 
-def _flips(ra: list[SampleRecord], rb: list[SampleRecord]) -> tuple[list[int], list[int], int, int]:
-    broken = [x.index for x, y in zip(ra, rb, strict=True) if x.robust and not y.robust]
-    fixed = [x.index for x, y in zip(ra, rb, strict=True) if not x.robust and y.robust]
-    both = sum(x.robust and y.robust for x, y in zip(ra, rb, strict=True))
-    neither = len(ra) - both - len(broken) - len(fixed)
-    return broken, fixed, both, neither
+def _indicators(
+    run: StoredRun, key: RowKey
+) -> tuple[list[tuple[int, bool]] | None, dict[str, Any] | None]:
+    """Per sample ``(index, positive)`` of one row (``None`` without per-sample records), and
+    the row's numbers (``None`` when the run has no such row). Positive means correct for
+    the clean row, robust for an attack row, certified for a certified row."""
+    if key[0] == CLEAN:
+        recs = run.clean
+        if recs is None:
+            return None, None
+        ind = [(r.index, r.clean_pred == r.label) for r in recs]
+        params: dict[str, Any] = {}
+    elif key[0] == CERTIFIED:
+        if key not in run.certified:
+            return None, None
+        params, ind = run.certified[key]
+    else:
+        side = _side(run.summaries.get(key))
+        rows = run.records.get(key)
+        return (None if rows is None else [(r.index, r.robust) for r in rows]), side
+    k, n = sum(x for _, x in ind), len(ind)
+    return ind, {"robust": k, "n": n, "accuracy": k / n if n else math.nan,
+                 "ci": list(wilson_interval(k, n)), "params": params}  # fmt: skip
 
 
 def compare_runs(
@@ -386,42 +418,32 @@ def compare_runs(
     if a.clean is not None and b.clean is not None:
         keys.append((CLEAN, "", 0.0))
     order = {k: i for i, k in enumerate([*a.summaries, *b.summaries])}
-    # at eps = 0 every row is the clean accuracy, which the first row already compares
-    rest = sorted((k for k in set(a.summaries) | set(b.summaries) if k[2] > 0),
-                  key=lambda k: (k[1], k[2], k[0] == WORST_CASE, order[k]))  # fmt: skip
+    # at eps = 0 every row is the clean accuracy, which the first row already compares; the
+    # certified accuracy follows the worst case of its eps
+    rest = sorted((k for k in {*a.summaries, *b.summaries, *a.certified, *b.certified}
+                   if k[2] > 0),
+                  key=lambda k: (k[1], k[2], (k[0] == WORST_CASE) + 2 * (k[0] == CERTIFIED),
+                                 order.get(k, 0)))  # fmt: skip
     keys.extend(rest)
     rows = []
     for key in keys:
-        if key[0] == CLEAN:
-            ra, rb = a.clean, b.clean
-            assert ra is not None and rb is not None
-            ka, kb = (
-                sum(r.clean_pred == r.label for r in ra),
-                sum(r.clean_pred == r.label for r in rb),
-            )
-            sa: dict[str, Any] | None
-            sb: dict[str, Any] | None
-            sa = {"robust": ka, "n": len(ra), "accuracy": ka / len(ra),
-                  "ci": list(wilson_interval(ka, len(ra))), "params": {}}  # fmt: skip
-            sb = {"robust": kb, "n": len(rb), "accuracy": kb / len(rb),
-                  "ci": list(wilson_interval(kb, len(rb))), "params": {}}  # fmt: skip
-            recs_a: list[SampleRecord] | None = ra
-            recs_b: list[SampleRecord] | None = rb
-            correct = True
-        else:
-            sa, sb = _side(a.summaries.get(key)), _side(b.summaries.get(key))
-            recs_a, recs_b = a.records.get(key), b.records.get(key)
-            correct = False
+        ia, sa = _indicators(a, key)
+        ib, sb = _indicators(b, key)
         if sa is None or sb is None:
             rows.append(RowComparison(*key, a=sa, b=sb))
             continue
         diff = sb["accuracy"] - sa["accuracy"]
         differ = canonical_json(sa["params"]) != canonical_json(sb["params"])
-        if paired and recs_a is not None and recs_b is not None and len(recs_a) == len(recs_b):
-            if correct:  # clean accuracy: correct clean, not robust
-                recs_a = [replace(r, adv_pred=r.clean_pred) for r in recs_a]
-                recs_b = [replace(r, adv_pred=r.clean_pred) for r in recs_b]
-            broken, fixed, both, neither = _flips(recs_a, recs_b)
+        if (
+            paired
+            and ia is not None
+            and ib is not None
+            and [i for i, _ in ia] == [i for i, _ in ib]
+        ):
+            broken = [i for (i, x), (_, y) in zip(ia, ib, strict=True) if x and not y]
+            fixed = [i for (i, x), (_, y) in zip(ia, ib, strict=True) if y and not x]
+            both = sum(x and y for (_, x), (_, y) in zip(ia, ib, strict=True))
+            neither = len(ia) - both - len(broken) - len(fixed)
             ci = newcombe_paired(both, len(broken), len(fixed), neither)
             rows.append(RowComparison(
                 *key, a=sa, b=sb, diff=diff, ci=ci, method="paired",
@@ -502,16 +524,25 @@ of samples; "broken in B" counts samples robust in A and not in B, "fixed in B" 
 """
 
 
-def _row_label(r: RowComparison) -> str:
+def row_label(r: RowComparison) -> str:
+    """A row's readable name: ``"PGD-40 (L∞)"``, ``"worst case (L2)"``, ``"certified (crown,
+    L∞)"``; where the runs used other parameters, both (``"PGD-40 / PGD-100 (L∞)"``)."""
     from advlab.report.fmt import NORM_NAMES, attack_label
 
     if r.attack == CLEAN:
         return "clean accuracy"
-    side = r.a or r.b or {}
-    name = "worst case" if r.attack == WORST_CASE else attack_label(r.attack, side.get("params"))
-    if r.params_differ and r.a and r.b:
-        name = f"{attack_label(r.attack, r.a['params'])} / {attack_label(r.attack, r.b['params'])}"
-    return f"{name} ({NORM_NAMES.get(r.norm, r.norm)})"
+    norm = NORM_NAMES.get(r.norm, r.norm)
+
+    def name(side: Mapping[str, Any]) -> str:
+        if r.attack == CERTIFIED:
+            return f"certified ({side.get('params', {}).get('method', '?')})"
+        if r.attack == WORST_CASE:
+            return "worst case"
+        return attack_label(r.attack, side.get("params"))
+
+    if r.params_differ and r.a and r.b and name(r.a) != name(r.b):
+        return f"{name(r.a)} / {name(r.b)} ({norm})"
+    return f"{name(r.a or r.b or {})} ({norm})"
 
 
 def _acc(side: dict[str, Any] | None) -> str:
@@ -592,7 +623,7 @@ def render_compare_html(cmp: Comparison) -> str:
     rows = []
     flips = []
     for r in cmp.rows:
-        label = _row_label(r)
+        label = row_label(r)
         cls = "worst" if r.attack == WORST_CASE else ""
         if r.only is not None:
             diff = ci = f"only in {r.only}"

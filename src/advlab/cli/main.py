@@ -785,9 +785,8 @@ def runs_compare(run_a: str, run_b: str, store: str | None, html: str | None, as
 
 
 def _print_comparison(cmp: Any) -> None:
-    from advlab.compare import sentence
+    from advlab.compare import row_label, sentence
     from advlab.evaluate.plan import CLEAN, WORST_CASE
-    from advlab.report.fmt import attack_label
 
     for name, r in (("A", cmp.a), ("B", cmp.b)):
         n = len(r.clean) if r.clean is not None else "?"
@@ -796,16 +795,10 @@ def _print_comparison(cmp: Any) -> None:
     how = ("paired (same samples): Newcombe 1998 paired score interval" if cmp.paired else
            f"not paired ({cmp.unpaired_reason}): Newcombe 1998 independent score interval")  # fmt: skip
     table = Table(title=escape(f"robust accuracy, B - A with 95% interval; {how}"))
-    for col in ("attack", "norm", "eps", "A", "B", "B-A", "95% CI", "A>B", "B>A"):
-        table.add_column(col, justify="left" if col == "attack" else "right", no_wrap=True)
+    for col in ("row", "eps", "A", "B", "B-A", "95% CI", "A>B", "B>A"):
+        table.add_column(col, justify="left" if col == "row" else "right", no_wrap=True)
     for r in cmp.rows:
-        side = r.a or r.b or {}
-        label = ("clean" if r.attack == CLEAN else "worst-case" if r.attack == WORST_CASE
-                 else attack_label(r.attack, side.get("params")))  # fmt: skip
-        if r.params_differ and r.a and r.b:
-            label = (
-                f"{attack_label(r.attack, r.a['params'])}/{attack_label(r.attack, r.b['params'])}"
-            )
+        label = row_label(r)
         acc = lambda s: "-" if s is None else f"{s['accuracy']:.1%}"  # noqa: E731
         if r.only is not None:
             diff, ci, broken, fixed = f"only in {r.only}", "-", "-", "-"
@@ -814,7 +807,7 @@ def _print_comparison(cmp: Any) -> None:
             ci = f"{100 * r.ci[0]:+.1f}..{100 * r.ci[1]:+.1f}"
             broken = str(r.broken_in_b["count"]) if r.broken_in_b else "-"
             fixed = str(r.fixed_in_b["count"]) if r.fixed_in_b else "-"
-        table.add_row(escape(label), r.norm or "-", "-" if r.attack == CLEAN else f"{r.eps:g}",
+        table.add_row(escape(label), "-" if r.attack == CLEAN else f"{r.eps:g}",
                       acc(r.a), acc(r.b), diff, ci, broken, fixed)  # fmt: skip
     stdout.print(table)
     stdout.print("A>B: robust in A, broken in B; B>A: the reverse (points are percent).",
