@@ -29,6 +29,14 @@ def test_the_committed_schema_is_the_generated_one() -> None:
     )
 
 
+def test_run_schema_prints_it_and_run_needs_a_file() -> None:
+    runner = CliRunner()
+    res = runner.invoke(cli, ["run", "--schema"])
+    assert res.exit_code == 0 and json.loads(res.output) == schema()
+    res = runner.invoke(cli, ["run"])
+    assert res.exit_code == 2 and res.output.startswith("error: advlab run needs an experiment")
+
+
 def test_the_schema_follows_the_dataclasses() -> None:
     s = schema()["properties"]
     audit = s["audit"]["properties"]
