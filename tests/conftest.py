@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+from advlab.oracle import ModuleOracle
 
 # Tiny models run fastest on one thread; tests that train real models raise it locally.
 torch.set_num_threads(1)
@@ -107,3 +110,16 @@ class Toy:
     x: torch.Tensor
     y: torch.Tensor
     num_classes: int
+
+
+class Counting(ModuleOracle):
+    """A module oracle that keeps its own tally of the images it answered, to hold the oracle's
+    and the attacks' counts to."""
+
+    def __init__(self, model: nn.Module, **kw: Any) -> None:
+        super().__init__(model, **kw)
+        self.seen = 0
+
+    def _call(self, x: Tensor, grad: bool) -> Tensor:
+        self.seen += x.shape[0]
+        return super()._call(x, grad)

@@ -28,20 +28,8 @@ from advlab.oracle import (
     as_oracle,
 )
 
-from .conftest import RowwiseMLP
+from .conftest import Counting, RowwiseMLP
 from .test_attack_properties import FAST, cases, threat_for
-
-
-class Counting(ModuleOracle):
-    """A white-box oracle that keeps its own tally of the images it answered."""
-
-    def __init__(self, model: nn.Module, **kw: Any) -> None:
-        super().__init__(model, **kw)
-        self.seen = 0
-
-    def _call(self, x: Tensor, grad: bool) -> Tensor:
-        self.seen += x.shape[0]
-        return super()._call(x, grad)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ linear models, batch independence, and scikit-learn and ONNX targets."""
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import pytest
 import torch
@@ -17,19 +16,7 @@ from advlab.errors import AccessError, ConfigError
 from advlab.oracle import CallableOracle, ModuleOracle, OnnxOracle, QueryBudget, SklearnOracle
 from advlab.rng import SampleRNG
 
-from .conftest import LinearBinary, RowwiseMLP, linear_margin_batch
-
-
-class Counting(ModuleOracle):
-    """An oracle keeping its own tally of the images it answered."""
-
-    def __init__(self, model: nn.Module, **kw: Any) -> None:
-        super().__init__(model, **kw)
-        self.seen = 0
-
-    def _call(self, x: Tensor, grad: bool) -> Tensor:
-        self.seen += x.shape[0]
-        return super()._call(x, grad)
+from .conftest import Counting, LinearBinary, RowwiseMLP, linear_margin_batch
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from advlab.errors import CheckpointError, ConfigError
 from advlab.oracle import ModuleOracle, OnnxOracle, QueryBudget, SklearnOracle
 from advlab.rng import SampleRNG
 
-from .conftest import make_cnn
+from .conftest import Counting, make_cnn
 
 L2 = ThreatModel("l2", math.inf)
 
@@ -107,16 +107,6 @@ def setup() -> tuple[nn.Module, Tensor, Tensor]:
     return model, x, y
 
 
-class Counting(ModuleOracle):
-    def __init__(self, model: nn.Module, **kw: object) -> None:
-        super().__init__(model, access="scores", **kw)  # type: ignore[arg-type]
-        self.seen = 0
-
-    def _call(self, x: Tensor, grad: bool) -> Tensor:
-        self.seen += x.shape[0]
-        return super()._call(x, grad)
-
-
 ATTACKS = {
     "zoo": (zoo, {"steps": 30, "binary_search_steps": 2, "coordinates": 64, "lr": 0.1}),
     "autozoom": (autozoom, {"steps": 150, "switch_every": 50, "lr": 0.1}),
@@ -127,7 +117,7 @@ ATTACKS = {
 def test_untargeted_success_and_exact_counts(name: str, setup) -> None:
     model, x, y = setup
     fn, kw = ATTACKS[name]
-    oracle = Counting(model)
+    oracle = Counting(model, access="scores")
     res = fn(oracle, x, y, L2, **kw)
     assert res.success.all()
     assert int(res.queries.sum()) == oracle.seen == oracle.used
@@ -155,7 +145,7 @@ def test_targeted_success(name: str, setup) -> None:
 def test_per_sample_budget_is_never_exceeded(name: str, per_sample: int, setup) -> None:
     model, x, y = setup
     fn, kw = ATTACKS[name]
-    oracle = Counting(model, budget=QueryBudget(per_sample=per_sample))
+    oracle = Counting(model, access="scores", budget=QueryBudget(per_sample=per_sample))
     res = fn(oracle, x, y, L2, **kw)
     assert (res.queries <= per_sample).all(), res.queries
     assert int(res.queries.sum()) == oracle.seen
@@ -168,7 +158,7 @@ def test_budget_stopped_run_keeps_its_best(setup) -> None:
     model, x, y = setup
     full = autozoom(model, x, y, L2, steps=150, switch_every=50, lr=0.1)
     cap = int(full.extras["queries_to_success"].max()) + 2
-    cut = autozoom(Counting(model, budget=QueryBudget(per_sample=cap)), x, y, L2, steps=150,
+    cut = autozoom(Counting(model, access="scores", budget=QueryBudget(per_sample=cap)), x, y, L2, steps=150,
                    switch_every=50, lr=0.1)  # fmt: skip
     assert cut.success.all()
     assert torch.equal(cut.extras["queries_to_success"], full.extras["queries_to_success"])
