@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch import Tensor, nn
 
+from advlab.models import build_model, save_model
 from advlab.oracle import ModuleOracle
 
 # Tiny models run fastest on one thread; tests that train real models raise it locally.
@@ -123,3 +125,22 @@ class Counting(ModuleOracle):
     def _call(self, x: Tensor, grad: bool) -> Tensor:
         self.seen += x.shape[0]
         return super()._call(x, grad)
+
+
+def one_line_error(result: Any, *fragments: str) -> None:
+    """A CLI result is a one-line user error (exit code 2, no traceback) naming ``fragments``."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    text = " ".join(result.output.split())
+    assert text.startswith("error:"), text
+    for f in fragments:
+        assert f in text, (f, text)
+
+
+@pytest.fixture
+def digits_model(tmp_path: Path) -> Path:
+    """An untrained 8x8-digits MLP saved as advlab saves models."""
+    torch.manual_seed(0)
+    model = build_model("mlp", num_classes=10, in_shape=(1, 8, 8))
+    return save_model(model, tmp_path / "mlp-digits", arch="mlp",
+                      arch_kwargs={"num_classes": 10, "in_shape": [1, 8, 8]}, dataset="digits")  # fmt: skip

@@ -18,19 +18,12 @@ from advlab.cli.main import cli
 from advlab.models import build_model, load_model, save_model
 from advlab.registry import REGISTRIES
 
+from .conftest import one_line_error
+
 
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
-
-
-def one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    text = " ".join(result.output.split())
-    assert text.startswith("error:"), text
-    for f in fragments:
-        assert f in text, (f, text)
 
 
 @pytest.mark.parametrize("kind", sorted(REGISTRIES))
@@ -39,14 +32,6 @@ def test_list(runner: CliRunner, kind: str) -> None:
     assert res.exit_code == 0, res.output
     for name in REGISTRIES[kind].names():
         assert name in res.output
-
-
-@pytest.fixture
-def digits_model(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    model = build_model("mlp", num_classes=10, in_shape=(1, 8, 8))
-    return save_model(model, tmp_path / "mlp-digits", arch="mlp",
-                      arch_kwargs={"num_classes": 10, "in_shape": [1, 8, 8]}, dataset="digits")  # fmt: skip
 
 
 def test_audit_end_to_end_with_a_user_model(

@@ -27,15 +27,7 @@ from advlab.errors import ConfigError, UnknownNameError
 from advlab.models import build_model, save_model
 from advlab.store import RunStore
 
-
-def one_line_error(result, *fragments: str) -> None:  # type: ignore[no-untyped-def]
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    text = " ".join(result.output.split())
-    assert text.startswith("error:"), text
-    for f in fragments:
-        assert f in text, (f, text)
-
+from .conftest import one_line_error
 
 # -- intervals ---------------------------------------------------------------------------------
 

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from click.testing import CliRunner
 
@@ -15,7 +14,6 @@ from advlab.audit import AuditConfig
 from advlab.cli.main import cli
 from advlab.errors import ConfigError, UnknownNameError
 from advlab.experiment import load_experiment, parse_experiment, schema
-from advlab.models import build_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "experiment.yaml"
@@ -124,14 +122,6 @@ def test_attack_params_flow_into_the_attacks_and_old_configs_still_match() -> No
         AuditConfig(attacks=("pgd",), attack_params={"pgd": {"stepz": 2}})
     with pytest.raises(ConfigError, match="not among the attacks"):
         AuditConfig(attacks=("fgsm",), attack_params={"pgd": {"steps": 2}})
-
-
-@pytest.fixture
-def digits_model(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    model = build_model("mlp", num_classes=10, in_shape=(1, 8, 8))
-    return save_model(model, tmp_path / "mlp-digits", arch="mlp",
-                      arch_kwargs={"num_classes": 10, "in_shape": [1, 8, 8]}, dataset="digits")  # fmt: skip
 
 
 def test_the_example_runs_end_to_end_with_a_tiny_model(digits_model: Path, tmp_path: Path) -> None:
