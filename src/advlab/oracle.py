@@ -273,8 +273,11 @@ class Oracle:
         assert isinstance(out, TopK)
         return out
 
-    def labels(self, x: Tensor) -> Tensor:
-        """``(B,)`` int64 predicted classes."""
+    def labels(self, x: Tensor, *, batch_size: int | None = None) -> Tensor:
+        """``(B,)`` int64 predicted classes, asked ``batch_size`` images at a time (default:
+        all at once)."""
+        if batch_size is not None and x.shape[0] > batch_size:
+            return torch.cat([self.labels(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])  # fmt: skip
         out = self.query(x, level=Access.LABELS)
         assert isinstance(out, Tensor)
         return out

@@ -397,7 +397,7 @@ def _check_norm(norm: str) -> None:
 
 def _predict(oracle: Oracle, x: Tensor, batch_size: int) -> Tensor:
     """Clean predictions, through the oracle like every prediction an evaluation makes."""
-    return torch.cat([oracle.labels(x[s]) for s in _batches(x.shape[0], batch_size)])
+    return oracle.labels(x, batch_size=batch_size)
 
 
 def _emit(progress: Progress | None, **event: Any) -> None:

@@ -144,10 +144,6 @@ def _build(arch: str | dict[str, Any] | SubstituteFactory, shape: tuple[int, ...
     return build_model(name, seed=seed, num_classes=c, in_shape=shape, **spec)
 
 
-def _label(oracle: Oracle, x: Tensor, batch_size: int) -> Tensor:
-    return torch.cat([oracle.labels(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-
-
 @torch.no_grad()
 def _agreement(model: nn.Module, x: Tensor, labels: Tensor, batch_size: int) -> float:
     hits = sum(
@@ -239,7 +235,7 @@ def train_substitute(
         raise InputError("holdout must be a pair (x, labels) with one label per input")
     start_used = oracle.used
     x = seed_x.detach().clone()
-    labels = _label(oracle, x, query_batch)
+    labels = oracle.labels(x, batch_size=query_batch)
     c = oracle.num_classes or num_classes
     if c is None:
         raise ConfigError("this oracle does not reveal its class count; pass num_classes=")
@@ -266,7 +262,7 @@ def train_substitute(
             else:
                 row["lam"] = step_size(lam, rho, tau)
                 new = jacobian_augmentation(model, x, labels, row["lam"], lower=lower, upper=upper)
-                labels = torch.cat([labels, _label(oracle, new, query_batch)])
+                labels = torch.cat([labels, oracle.labels(new, batch_size=query_batch)])
                 x = torch.cat([x, new])
         row["seconds"] = time.perf_counter() - tick
         history.append(row)

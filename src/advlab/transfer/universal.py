@@ -74,10 +74,6 @@ def project_ball(v: Tensor, norm: str, eps: float) -> Tensor:
     raise ConfigError(f"universal perturbations support linf and l2, not {norm!r}")
 
 
-def _labels(oracle: Oracle, x: Tensor, batch_size: int) -> Tensor:
-    return torch.cat([oracle.labels(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-
-
 def fooling_rate(
     model: nn.Module | Oracle,
     x: Tensor,
@@ -99,8 +95,10 @@ def fooling_rate(
     """
     oracle = as_oracle(model)
     if clean is None:
-        clean = _labels(oracle, x, batch_size)
-    adv = _labels(oracle, (x + delta.to(x.device, x.dtype)).clamp(lower, upper), batch_size)
+        clean = oracle.labels(x, batch_size=batch_size)
+    adv = oracle.labels(
+        (x + delta.to(x.device, x.dtype)).clamp(lower, upper), batch_size=batch_size
+    )
     return float((adv != clean).float().mean()) if len(x) else float("nan")
 
 
@@ -164,7 +162,7 @@ def universal_perturbation(
     oracle = as_oracle(model)
     oracle.require(Access.GRADIENTS, "a universal perturbation (DeepFool inside)")
     start = oracle.used
-    clean = _labels(oracle, x, 1000)
+    clean = oracle.labels(x, batch_size=1000)
     v = torch.zeros((1, *x.shape[1:]), dtype=x.dtype, device=x.device)
     if inner_norm not in ("l2", "linf"):
         raise ConfigError(f"inner_norm must be l2 (the paper) or linf, got {inner_norm!r}")
