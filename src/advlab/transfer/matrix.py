@@ -420,30 +420,16 @@ def write_outputs(result: MatrixResult, folder: Path, stem: str = "transfer-matr
 
 
 def plot_matrix(result: MatrixResult, path: Path) -> None:
-    """A heat map of the matrix (matplotlib, Agg backend), with the percentages in the cells."""
-    import matplotlib
+    """The report's transfer heat map (:func:`advlab.report.plots.transfer_plot`), as a PNG
+    file written atomically."""
+    import base64
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from advlab.fileio import atomic_write_bytes
+    from advlab.report.plots import transfer_plot
 
     names = [NAMES[f] for f in result.families]
-    m = np.asarray(result.matrix) * 100
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(names), 0.8 + 0.8 * len(names)))
-    im = ax.imshow(m, cmap="Greys", vmin=0, vmax=100)
-    ax.set_xticks(range(len(names)), names)
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("target")
-    ax.set_ylabel("source")
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center",
-                    color="white" if m[i, j] > 55 else "black", fontsize=9)  # fmt: skip
-    ax.set_title(f"Transferability, FGSM eps={result.eps:g}, {result.data}, n={result.n}",
-                 fontsize=9)  # fmt: skip
-    fig.colorbar(im, ax=ax, label="% misclassified")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    uri = transfer_plot(result.matrix, names, names, f"misclassified at eps {result.eps:g}")
+    atomic_write_bytes(path, base64.b64decode(uri.split(",", 1)[1]))
 
 
 def matrix_html(result: MatrixResult) -> str:
