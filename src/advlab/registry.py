@@ -1,4 +1,4 @@
-"""Name registries: attacks, models, datasets, recipes and certifiers.
+"""Name registries: attacks, models, datasets, recipes, certifiers and reproductions.
 
 Names are the contract: the CLI, the config files and the tests all address components by the
 name they were registered under. Registering a name twice raises; asking for an unknown name
@@ -97,6 +97,7 @@ MODELS: Registry = Registry("model")
 DATASETS: Registry = Registry("dataset")
 RECIPES: Registry = Registry("recipe")
 CERTIFIERS: Registry = Registry("certifier")
+REPRODUCTIONS: Registry = Registry("reproduction")
 
 REGISTRIES: dict[str, Registry] = {
     "attacks": ATTACKS,
@@ -104,4 +105,5 @@ REGISTRIES: dict[str, Registry] = {
     "datasets": DATASETS,
     "recipes": RECIPES,
     "certifiers": CERTIFIERS,
+    "reproductions": REPRODUCTIONS,
 }

@@ -674,10 +674,12 @@ def run_cmd(file: str | None, show_schema: bool, sets: tuple[str, ...], check: b
 
 @cli.command("list")
 @click.argument(
-    "kind", type=click.Choice(["attacks", "models", "datasets", "recipes", "certifiers"])
+    "kind",
+    type=click.Choice(["attacks", "models", "datasets", "recipes", "certifiers", "reproductions"]),
 )
 def list_cmd(kind: str) -> None:
     """List registered components with a one-line description each."""
+    import advlab.reproduce  # noqa: F401  (registers the catalog)
     from advlab.registry import REGISTRIES
 
     entries = REGISTRIES[kind].describe()
@@ -905,6 +907,95 @@ def transfer_matrix_cmd(families: str, data: str, data_dir: str | None, n: int, 
         stdout.print(f"substitute of {NAMES[f]}: {s['queries']} label queries, agreement "
                      f"{_pct(s['agreement'])}", highlight=False, markup=False)  # fmt: skip
     for kind, path in res.files.items():
+        stdout.print(f"{kind}: {path}", highlight=False, soft_wrap=True, markup=False)
+
+
+@cli.command("reproduce")
+@click.argument("name")
+@click.option("--quick", is_flag=True,
+              help="mnist5k and small budgets (minutes on a CPU); targets check directions.")  # fmt: skip
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Change a parameter of the entry (repeatable); see `advlab reproduce NAME "
+              "--params`.")  # fmt: skip
+@click.option("-n", "--n", "n", type=int, default=None, help="Test images (same as --set n=N).")
+@click.option("--params", "show_params", is_flag=True,
+              help="Print the entry's parameters (full and --quick) and exit.")  # fmt: skip
+@click.option("--out", "out_dir", default=None,
+              help="Output folder (default advlab-out/reproduce/NAME[-quick]); trained models "
+              "and finished stages kept there are reused.")  # fmt: skip
+@click.option("--data-dir", default=None,
+              help="Folder holding mnist/ (IDX) for the full runs (else $ADVLAB_DATA).")  # fmt: skip
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's).")
+@click.option("--fresh", is_flag=True, help="Recompute stored evaluation stages.")
+@_quiet
+def reproduce_cmd(name: str, quick: bool, sets: tuple[str, ...], n: int | None,
+                  show_params: bool, out_dir: str | None, data_dir: str | None, device: str,
+                  threads: int | None, fresh: bool, quiet: bool) -> None:  # fmt: skip
+    """Reproduce a published experiment: `advlab reproduce list` shows the catalog, `advlab
+    reproduce NAME [--quick]` runs one entry and writes reproduction.html and .json (the paper's
+    figures beside the measured ones, each marked against its target). Exits with status 1 when
+    a target is missed. An interrupted run resumes with the same command."""
+    import torch
+
+    from advlab.registry import REPRODUCTIONS
+    from advlab.reproduce import run_reproduction
+
+    if name == "list":
+        _print_catalog()
+        return
+    entry = REPRODUCTIONS.get(name)
+    if show_params:
+        stdout.print_json(json.dumps({"full": entry.resolve(quick=False),
+                                      "quick": entry.resolve(quick=True)}))  # fmt: skip
+        return
+    overrides = _key_values(sets, "--set")
+    if n is not None:
+        overrides["n"] = n
+    if threads:
+        torch.set_num_threads(threads)
+    with _Bar(quiet) as bar:
+        run = run_reproduction(name, quick=quick, overrides=overrides, out=out_dir,
+                               data_dir=data_dir, device=device, fresh=fresh, progress=bar)  # fmt: skip
+    _print_reproduction(run)
+    if run.passed is False:
+        sys.exit(1)
+
+
+def _print_catalog() -> None:
+    from advlab.registry import REPRODUCTIONS
+
+    table = Table(title="advlab reproduce NAME [--quick]")
+    table.add_column("name")
+    table.add_column("experiment")
+    table.add_column("--quick", justify="right")
+    for name in REPRODUCTIONS.names():
+        e = REPRODUCTIONS.get(name)
+        table.add_row(name, e.title, f"~{e.minutes:g} min")
+    stdout.print(table)
+
+
+def _print_reproduction(run: Any) -> None:
+    from advlab.report.reproduction import MARKS, verdict
+    from advlab.reproduce import format_value
+
+    p = run.payload
+    table = Table(title=f"{escape(p['title'])}{' (--quick)' if p['quick'] else ''}")
+    for col, just in (("figure", "left"), ("paper", "right"), ("measured", "right"),
+                      ("target", "right"), ("", "left")):  # fmt: skip
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for f in p["figures"]:
+        mark = MARKS[f["passed"]]
+        style = {True: "green", False: "bold red", None: "dim"}[f["passed"]]
+        table.add_row(escape(f["label"]), escape(format_value(f["paper"], f["unit"])),
+                      format_value(f["measured"], f["unit"]),
+                      escape(f["target"]["text"]) if f["target"] else "",
+                      f"[{style}]{mark}[/{style}]")  # fmt: skip
+    stdout.print(table)
+    for note in p["notes"]:
+        stdout.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+    stdout.print(verdict(p["passed"], p["figures"]) + f" ({p['seconds']:.0f} s)", markup=False)
+    for kind, path in run.files.items():
         stdout.print(f"{kind}: {path}", highlight=False, soft_wrap=True, markup=False)
 
 
