@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,3 +145,38 @@ def digits_model(tmp_path: Path) -> Path:
     model = build_model("mlp", num_classes=10, in_shape=(1, 8, 8))
     return save_model(model, tmp_path / "mlp-digits", arch="mlp",
                       arch_kwargs={"num_classes": 10, "in_shape": [1, 8, 8]}, dataset="digits")  # fmt: skip
+
+
+@pytest.fixture
+def fake_reproduction(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A catalog entry registered for one test: its figure comes from its parameters, it
+    counts its cached stages (``REPRODUCTIONS.get("fake").run.calls``) and draws one plot."""
+    from advlab.registry import REPRODUCTIONS
+    from advlab.report.fmt import figure, png_data_uri
+    from advlab.reproduce import Context, Figure, Outcome, Table, at_least, reproduction
+
+    calls: list[str] = []
+
+    def plot() -> str:
+        fig = figure(3, 2)
+        fig.add_subplot().plot([0, 1], [0, 1])
+        return png_data_uri(fig)
+
+    def run(ctx: Context) -> Outcome:
+        stage = ctx.cached("stage", lambda: calls.append("stage") or {"v": ctx.p["value"]},
+                           {"value": ctx.p["value"]})  # fmt: skip
+        return Outcome(
+            [Figure("measured <b>value</b>", stage["v"], 0.5, at_least(ctx.p["target"])),
+             Figure("queries", 1234.0, "~1,000", unit="queries")],
+            [Table("detail", ["k", "v"], [["row", "cell-<i>"]])],
+            notes=["a note"], data={"calls": len(calls)}, plots=[("a plot", plot())],
+        )  # fmt: skip
+
+    monkeypatch.setattr(REPRODUCTIONS, "_entries", dict(REPRODUCTIONS._entries))
+    reproduction("fake", title="A fake entry for the tests", paper="Nobody 2026, Nothing",
+                 claim="The value is at least the target, says the paper.",
+                 params={"data": "mnist", "value": 0.7, "target": 0.6, "seed": 0},
+                 quick={"data": "mnist5k"}, budget="No budget at all, it is a test.",
+                 minutes=0.1)(run)  # fmt: skip
+    run.calls = calls  # type: ignore[attr-defined]
+    yield "fake"

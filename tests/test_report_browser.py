@@ -198,3 +198,12 @@ def test_the_probe_catches_a_broken_page(ev: Evaluation, tmp_path: Path) -> None
     assert any("broken" in p for p in found)
     assert any("boom" in p for p in found)
     assert any("console:" in p and "careful" in p for p in found)  # from Chromium's own log
+
+
+def test_reproduction_report_renders_in_chromium(fake_reproduction: str, tmp_path: Path) -> None:
+    from advlab.reproduce import run_reproduction
+
+    run = run_reproduction(fake_reproduction, overrides={"value": 0.4}, out=tmp_path / "r")
+    seen, console = probe(run.files["html"], tmp_path)
+    assert problems(seen, console) == []
+    assert [i["alt"] for i in seen["images"]] == ["a plot"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,10 @@ from advlab.reproduce import (
     Context,
     Figure,
     Outcome,
-    Table,
     at_least,
     at_most,
     between,
     format_value,
-    reproduction,
     run_reproduction,
     within,
 )
@@ -90,33 +87,8 @@ def test_resolve_rejects_unknown_keys_and_wrong_types() -> None:
 # --- a fake entry: the report and the CLI ---------------------------------------------------
 
 
-@pytest.fixture
-def fake_entry(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A registered entry whose figures come from its parameters, and which counts its stages."""
-    calls: list[str] = []
-
-    def run(ctx: Context) -> Outcome:
-        stage = ctx.cached("stage", lambda: calls.append("stage") or {"v": ctx.p["value"]},
-                           {"value": ctx.p["value"]})  # fmt: skip
-        return Outcome(
-            [Figure("measured <b>value</b>", stage["v"], 0.5, at_least(ctx.p["target"])),
-             Figure("queries", 1234.0, "~1,000", unit="queries")],
-            [Table("detail", ["k", "v"], [["row", "cell-<i>"]])],
-            notes=["a note"], data={"calls": len(calls)},
-        )  # fmt: skip
-
-    monkeypatch.setattr(REPRODUCTIONS, "_entries", dict(REPRODUCTIONS._entries))
-    reproduction("fake", title="A fake entry for the tests", paper="Nobody 2026, Nothing",
-                 claim="The value is at least the target, says the paper.",
-                 params={"data": "mnist", "value": 0.7, "target": 0.6, "seed": 0},
-                 quick={"data": "mnist5k"}, budget="No budget at all, it is a test.",
-                 minutes=0.1)(run)  # fmt: skip
-    run.calls = calls  # type: ignore[attr-defined]
-    yield "fake"
-
-
-def test_report_shows_the_outcome(fake_entry: str, tmp_path: Path) -> None:
-    res = run_reproduction(fake_entry, overrides={"value": 0.4}, out=tmp_path)
+def test_report_shows_the_outcome(fake_reproduction: str, tmp_path: Path) -> None:
+    res = run_reproduction(fake_reproduction, overrides={"value": 0.4}, out=tmp_path)
     assert res.passed is False
     payload = json.loads((tmp_path / "reproduction.json").read_text())
     fig = payload["figures"][0]
@@ -126,25 +98,25 @@ def test_report_shows_the_outcome(fake_entry: str, tmp_path: Path) -> None:
     html = (tmp_path / "reproduction.html").read_text()
     assert "40.0%" in html and "≥ 60.0%" in html and "✗ missed" in html
     assert "Not reproduced: 0 of 1 targets met" in html
-    assert "1,234 queries" in html and "~1,000" in html
+    assert "1,234 queries" in html and "~1,000" in html and "data:image/png;base64," in html
     assert "&lt;b&gt;value&lt;/b&gt;" in html and "cell-&lt;i&gt;" in html  # escaped
     assert "Quick run" not in html
-    quick = run_reproduction(fake_entry, quick=True, out=tmp_path / "q")
+    quick = run_reproduction(fake_reproduction, quick=True, out=tmp_path / "q")
     assert quick.passed is True
     assert "Quick run" in (tmp_path / "q" / "reproduction.html").read_text()
 
 
-def test_a_second_run_reuses_finished_stages(fake_entry: str, tmp_path: Path) -> None:
-    run_reproduction(fake_entry, out=tmp_path)
-    run_reproduction(fake_entry, out=tmp_path)
-    calls = REPRODUCTIONS.get(fake_entry).run.calls
+def test_a_second_run_reuses_finished_stages(fake_reproduction: str, tmp_path: Path) -> None:
+    run_reproduction(fake_reproduction, out=tmp_path)
+    run_reproduction(fake_reproduction, out=tmp_path)
+    calls = REPRODUCTIONS.get(fake_reproduction).run.calls
     assert calls == ["stage"]
-    run_reproduction(fake_entry, out=tmp_path, overrides={"value": 0.9})  # another signature
-    run_reproduction(fake_entry, out=tmp_path, overrides={"value": 0.9}, fresh=True)
+    run_reproduction(fake_reproduction, out=tmp_path, overrides={"value": 0.9})  # another signature
+    run_reproduction(fake_reproduction, out=tmp_path, overrides={"value": 0.9}, fresh=True)
     assert calls == ["stage"] * 3
 
 
-def test_cli_exit_codes_and_errors(fake_entry: str, tmp_path: Path) -> None:
+def test_cli_exit_codes_and_errors(fake_reproduction: str, tmp_path: Path) -> None:
     runner = CliRunner()
     listing = runner.invoke(cli, ["reproduce", "list"])
     assert listing.exit_code == 0 and "fake" in listing.output and "madry" in listing.output

@@ -39,7 +39,7 @@ _FIGURES = """
 {% for f in figures %}
 <tr><th>{{ f.label }}{% if f.note %}<br><span class="note">{{ f.note }}</span>{% endif %}</th>
 <td class="num">{{ f.paper }}</td><td class="num"><strong>{{ f.measured }}</strong></td>
-<td class="num">{{ f.target }}</td><td>{{ f.mark }}</td></tr>
+<td class="num">{{ f.target }}</td><td class="{{ f.cls }}">{{ f.mark }}</td></tr>
 {% endfor %}
 </tbody></table>
 </section>
@@ -102,6 +102,7 @@ def render_reproduction(payload: Mapping[str, Any], plots: Sequence[tuple[str, s
         "measured": format_value(f["measured"], f["unit"]),
         "target": "" if f["target"] is None else f["target"]["text"],
         "mark": MARKS[f["passed"]],
+        "cls": {True: "met", False: "missed", None: "note"}[f["passed"]],
     } for f in figs]  # fmt: skip
     prov = payload.get("provenance", {})
     items = [
