@@ -11,11 +11,22 @@ from typing import Any
 from advlab.serialize import pretty_json
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: the process's umask, read once at import (reading it means setting it)
+_UMASK = _umask()
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp_path)`` and then rename the temporary file onto ``path``.
 
     The temporary file lives in the destination folder, so the rename is atomic on POSIX and
-    Windows. Parent folders are created.
+    Windows. Parent folders are created. The file gets the mode a plain ``open`` would give
+    it (``0o666`` less the umask), not the private ``0o600`` of a temporary file.
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -23,6 +34,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
