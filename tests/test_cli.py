@@ -670,3 +670,21 @@ def test_progress_lines_have_a_rate_and_an_eta_and_quiet_turns_them_off(
                            capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert quiet.returncode == 0, quiet.stderr
     assert "30/30" not in quiet.stderr and "pgd" in quiet.stdout  # results, no progress
+
+
+def test_audit_targeted_grid(runner: CliRunner, tmp_path: Path) -> None:
+    args = ["audit", "--model", "mlp", "--data", "digits", "-n", "200", "--eps", "0,0.2",
+            "--steps", "10", "--attacks", "fgsm,pgd", "--targeted-grid", "--out",
+            str(tmp_path / "o"), "--store", str(tmp_path / "s.sqlite")]  # fmt: skip
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    (report,) = (tmp_path / "o").glob("*/report.json")
+    grid = json.loads(report.read_text())["extra"]["targeted_grid"]
+    assert grid["attack"] == "pgd"  # the iterative attack, not FGSM
+    assert len(grid["pred"]) == 10 and all(len(r) == 10 for r in grid["pred"])
+    hits = [grid["pred"][i][j] == j for i in range(10) for j in range(10) if i != j]
+    assert sum(hits) == sum(map(sum, grid["success"])) > 0
+    html = report.with_name("report.html").read_text()
+    assert 'id="targeted"' in html and html.count('class="px small"') == 100
+    one_line_error(runner.invoke(cli, [*args[:-4], "--attacks", "deepfool"]),
+                   "targeted grid needs a targeted attack", "deepfool")  # fmt: skip

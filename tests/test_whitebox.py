@@ -30,6 +30,7 @@ from advlab.attacks import (
     lbfgs,
     pgd,
     targeted_cases,
+    targeted_grid,
 )
 from advlab.attacks.base import MARGIN_RTOL
 from advlab.errors import ConfigError, InputError
@@ -468,6 +469,32 @@ def test_targeted_cases_rejects_a_given_target(mlp_batch) -> None:
         targeted_cases(
             "jsma", m, x, y, ThreatModel("l0", UNBOUNDED), num_classes=10, target=runner_up
         )
+
+
+def test_targeted_grid_lays_out_sources_by_targets() -> None:
+    m = make_mlp(classes=4, seed=7)  # predicts each of the 4 classes on some of these inputs
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(200, 1, 8, 8, generator=g)
+    with torch.no_grad():
+        y = m(x).argmax(dim=1)
+    threat = ThreatModel("linf", 0.5)
+    grid = targeted_grid("pgd", m, x, y, threat, num_classes=4, steps=10)
+    first = [int(torch.nonzero(y == c)[0]) for c in range(4)]
+    assert grid["index"].tolist() == first and grid["attack"] == "pgd"
+    assert grid["x_adv"].shape == (4, 4, 1, 8, 8) and grid["pred"].shape == (4, 4)
+    for i in range(4):
+        assert torch.equal(grid["x_adv"][i, i], x[first[i]])  # the diagonal is the source
+        assert int(grid["pred"][i, i]) == i and not grid["success"][i, i]
+        for j in range(4):
+            assert threat.contains(x[first[i]][None], grid["x_adv"][i, j][None]).all()
+            with torch.no_grad():
+                pred = int(m(grid["x_adv"][i, j][None]).argmax())
+            assert pred == int(grid["pred"][i, j])  # the row and column are not swapped
+            if i != j:
+                assert bool(grid["success"][i, j]) == (pred == j)
+    assert grid["success"].sum() >= 6  # a strong attack on a small model hits most targets
+    with pytest.raises(InputError, match="none of class 3"):
+        targeted_grid("pgd", m, x[y != 3], y[y != 3], threat, num_classes=4, steps=2)
 
 
 def test_jsma_saliency_weighs_the_change_a_feature_can_still_make() -> None:

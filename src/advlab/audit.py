@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,11 +30,11 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from advlab.attacks import get_attack
+from advlab.attacks import get_attack, targeted_grid
 from advlab.attacks.base import probe
 from advlab.data import Dataset, load_dataset
 from advlab.defenses import TrainConfig, train_and_save
-from advlab.errors import ConfigError, LeaseLost
+from advlab.errors import ConfigError, InputError, LeaseLost
 from advlab.evaluate import AttackConfig, EvalConfig, Evaluation, evaluate
 from advlab.evaluate.certification import (
     CertifiedSummary,
@@ -94,6 +95,10 @@ class AuditConfig:
         attack_params: per attack name, hyper-parameters that override its defaults (and
             ``steps``), e.g. ``{"pgd": {"steps": 100, "restarts": 5}}``; checked against the
             attack's known parameters.
+        targeted_grid: also draw the source x target grid of Carlini & Wagner's figures in the
+            report: the first correctly classified input of each class attacked toward every
+            other class by the strongest targeted attack of ``attacks`` (a minimal-perturbation
+            one, unbounded; else an iterative one at the largest eps).
     """
 
     model: str = "papernot-mnist"
@@ -113,6 +118,7 @@ class AuditConfig:
     access: str = "gradients"
     queries: int | None = None
     attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    targeted_grid: bool = False
 
     def __post_init__(self) -> None:
         if not self.eps:
@@ -153,6 +159,8 @@ class AuditConfig:
             )
         if self.n is not None and self.n < 1:
             raise ConfigError(f"n must be >= 1, got {self.n}")
+        if self.targeted_grid:
+            self.grid_attack()  # raises when no attack is targeted
         if self.batch_size < 1 or self.steps < 1:
             raise ConfigError("batch_size and steps must be >= 1")
         TrainConfig.from_dict({**TrainConfig().to_dict(), **self.training})
@@ -180,7 +188,7 @@ class AuditConfig:
         d["eps"], d["attacks"] = list(self.eps), list(self.attacks)
         d["attack_params"] = self._effective_attack_params()
         for k, default in (("certify", None), ("access", "gradients"), ("queries", None),
-                           ("attack_params", {})):  # fmt: skip
+                           ("attack_params", {}), ("targeted_grid", False)):  # fmt: skip
             if d[k] == default:
                 del d[k]  # unset options leave the stored config as earlier versions wrote it
         return d
@@ -197,6 +205,24 @@ class AuditConfig:
             if changed:
                 out[a] = changed
         return out
+
+    def grid_attack(self) -> tuple[AttackConfig, ThreatModel]:
+        """The attack and threat of the targeted grid: the first targeted minimal-perturbation
+        attack (unbounded), else the first targeted iterative one, else the first targeted one
+        (bounded ones at the largest eps of the grid)."""
+        targeted = [a for a in self.attack_configs() if get_attack(a.name).targeted]
+        # the strongest: a minimal-perturbation attack, else an iterative one, else the first
+        targeted.sort(key=lambda a: (not get_attack(a.name).minimal, "steps" not in a.params))
+        if targeted:
+            a = targeted[0]
+            eps = math.inf if get_attack(a.name).minimal else max(self.eps)
+            return a, ThreatModel(self.norm, eps)
+        targeted = [n for n in ATTACKS.names() if get_attack(n).targeted
+                    and self.norm in get_attack(n).norms]  # fmt: skip
+        raise ConfigError(
+            f"the targeted grid needs a targeted attack among the attacks "
+            f"({', '.join(self.attacks)}); add one of {', '.join(targeted)}"
+        )
 
     def oracle(self, model: nn.Module, meta: dict[str, Any]) -> ModuleOracle:
         """The door the audit queries ``model`` through: the access and query budget set."""
@@ -465,7 +491,7 @@ def run_audit(
             ev = _evaluate(cfg, oracle, test, StoreSink(store, run_id, owner=me), provenance,
                            progress)  # fmt: skip
             html, js = _reports(cfg, run_id, ev, model_info, test, splits.meta, out_dir, t0,
-                                oracle)  # fmt: skip
+                                oracle, progress)  # fmt: skip
     except LeaseLost:
         raise  # the run belongs to another process now: its status is not ours to set
     except KeyboardInterrupt:
@@ -504,6 +530,7 @@ def _reports(
     out_dir: Path,
     t0: float,
     oracle: Oracle,
+    progress: Progress | None = None,
 ) -> tuple[Path, Path]:
     extra = {
         "title": f"advlab audit: {cfg.model} on {cfg.data}",
@@ -516,10 +543,39 @@ def _reports(
             oracle, [*ev.examples, *ev.failures], test.x.device
         ),
     }
+    if cfg.targeted_grid:
+        grid = audit_targeted_grid(cfg, oracle, test, ev)
+        if isinstance(grid, str):
+            _emit(progress, stage="report", message=grid)
+        else:
+            extra["targeted_grid"] = grid
     run_dir = out_dir / run_id
-    json_path = write_json_report(run_dir / "report.json", ev, extra)
+    # the JSON keeps the grid's outcome (which source became which class), not its images
+    json_extra = dict(extra)
+    if cfg.targeted_grid and isinstance(grid, dict):
+        json_extra["targeted_grid"] = {k: v.tolist() if isinstance(v, Tensor) else v
+                                       for k, v in grid.items()
+                                       if k in ("attack", "index", "pred", "success")}  # fmt: skip
+    json_path = write_json_report(run_dir / "report.json", ev, json_extra)
     html_path = write_html_report(run_dir / "report.html", ev, extra)
     return html_path, json_path
+
+
+def audit_targeted_grid(
+    cfg: AuditConfig, oracle: Oracle, test: Dataset, ev: Evaluation
+) -> dict[str, Any] | str:
+    """The report's source x target grid (:func:`advlab.attacks.targeted_grid`) on the
+    correctly classified test inputs, or why it is left out."""
+    attack, threat = cfg.grid_attack()
+    clean = ev.records[("clean", ev.norm, 0.0)]
+    ok = torch.tensor([r.index for r in clean if r.clean_pred == r.label], dtype=torch.long)
+    x, y = test.x[ok], test.y[ok]
+    try:
+        grid = targeted_grid(attack.name, oracle, x, y, threat, num_classes=test.num_classes,
+                             seed=cfg.seed, **attack.params)  # fmt: skip
+    except InputError as e:
+        return f"targeted grid left out: {e}"
+    return {k: v.cpu() if isinstance(v, Tensor) else v for k, v in grid.items()}
 
 
 def example_confidence(
@@ -564,7 +620,9 @@ def _reuse(
     if html.exists():
         js = html.with_name("report.json")
     else:
-        html, js = _reports(cfg, run_id, ev, model_info, test, splits_meta, out_dir, t0, oracle)
+        html, js = _reports(
+            cfg, run_id, ev, model_info, test, splits_meta, out_dir, t0, oracle, progress
+        )
     return AuditOutcome(run_id, ev, model_info, html, js, reused=True,
                         reused_how="waited" if waited else "stored")  # fmt: skip
 

@@ -18,7 +18,7 @@ from advlab.attacks.hsj import hop_skip_jump
 from advlab.attacks.jsma import jsma
 from advlab.attacks.lbfgs import lbfgs
 from advlab.attacks.square import square
-from advlab.attacks.targets import all_other_targets, select_targets, targeted_cases
+from advlab.attacks.targets import all_other_targets, select_targets, targeted_cases, targeted_grid
 from advlab.attacks.zoo import autozoom, zoo
 
 __all__ = [
@@ -45,5 +45,6 @@ __all__ = [
     "select_targets",
     "square",
     "targeted_cases",
+    "targeted_grid",
     "zoo",
 ]

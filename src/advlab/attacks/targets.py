@@ -168,3 +168,52 @@ def targeted_cases(
         "average": {"success": avg_frac, "norms": avg_norm, "success_rate": rate(avg_frac)},
         "worst": {"success": worst_ok, "norms": worst_norm, "success_rate": rate(worst_ok)},
     }  # fmt: skip
+
+
+def targeted_grid(
+    attack: AttackSpec | str,
+    model: nn.Module | Oracle,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    *,
+    num_classes: int,
+    **params: Any,
+) -> dict[str, Any]:
+    """The source x target grid of Carlini & Wagner 2017's figures: the first input of each
+    class in ``x`` attacked toward every other class (:func:`targeted_cases`).
+
+    Pass inputs the model classifies correctly (the grid shows what each source becomes).
+
+    Returns:
+        ``{"x": (C, *) the source inputs, "x_adv": (C, C, *), "pred": (C, C) predictions on
+        x_adv, "success": (C, C) bool, "index": (C,) their positions in x, "attack": name}``;
+        the diagonal holds the source input, its label and ``success = False``. This is the
+        ``targeted_grid`` the HTML report draws (:func:`advlab.report.sections.targeted_section`).
+
+    Raises:
+        InputError: some class has no input in ``x`` (names the classes).
+    """
+    spec = get_attack(attack) if isinstance(attack, str) else attack
+    first = [torch.nonzero(y == c).flatten()[:1] for c in range(num_classes)]
+    missing = [c for c, f in enumerate(first) if f.numel() == 0]
+    if missing:
+        raise InputError(
+            f"the targeted grid needs an input of every class; none of class "
+            f"{', '.join(map(str, missing))}: pass more inputs"
+        )
+    index = torch.cat(first)
+    xs, ys = x[index], y[index]
+    cases = targeted_cases(spec, model, xs, ys, threat, num_classes=num_classes, **params)
+    c = num_classes
+    x_adv = xs[:, None].repeat(1, c, *([1] * (xs.dim() - 1)))
+    pred = ys[:, None].repeat(1, c)
+    success = torch.zeros(c, c, dtype=torch.bool, device=y.device)
+    for j, res in enumerate(cases["results"]):
+        col = cases["targets"][:, j]
+        rows = torch.arange(c, device=y.device)
+        x_adv[rows, col] = res.x_adv
+        pred[rows, col] = res.pred
+        success[rows, col] = res.success
+    return {"x": xs, "x_adv": x_adv, "pred": pred, "success": success, "index": index,
+            "attack": spec.name}  # fmt: skip

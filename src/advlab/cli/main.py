@@ -244,18 +244,23 @@ def _audit_help() -> str:
 @click.option("--fresh", is_flag=True,
               help="Compute again even if an identical audit completed before (by default its "
               "stored results are reused).")  # fmt: skip
+@click.option("--targeted-grid", is_flag=True,
+              help="Also draw C&W's source x target grid in the report: one input per class "
+              "attacked toward every other class by a targeted attack (a minimal one such as cw-l2 "
+              "if listed, else an iterative one at the largest eps).")  # fmt: skip
 @_quiet
 def audit(model: str, factory: str | None, data: str, data_dir: str | None, norm: str, eps: str,
           attacks: str, steps: int, n: int, batch_size: int, seed: int, out_dir: str,
           store: str | None, unsafe_allow_pickle: bool, certify: str | None, access: str,
-          queries: int | None, fresh: bool, quiet: bool) -> None:  # fmt: skip
+          queries: int | None, fresh: bool, targeted_grid: bool,
+          quiet: bool) -> None:  # fmt: skip
     from advlab.audit import AuditConfig, run_audit
 
     cfg = AuditConfig(
         model=model, data=data, data_dir=data_dir, factory=factory, norm=norm,
         eps=_floats(eps), attacks=_names(attacks), steps=steps, n=n or None,
         batch_size=batch_size, seed=seed, unsafe_allow_pickle=unsafe_allow_pickle,
-        certify=certify, access=access, queries=queries,
+        certify=certify, access=access, queries=queries, targeted_grid=targeted_grid,
     )  # fmt: skip
     with _Bar(quiet) as bar:
         res = run_audit(cfg, store=_store(store), out_dir=Path(out_dir), progress=bar, fresh=fresh)
