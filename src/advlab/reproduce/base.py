@@ -48,6 +48,7 @@ class Target:
     high: float | None = None
 
     def holds(self, x: float | None) -> bool:
+        """Whether ``x`` satisfies the target (never for None or NaN)."""
         if x is None or not math.isfinite(x):
             return False
         if self.op == ">=":
@@ -58,20 +59,24 @@ class Target:
         return self.value <= x <= self.high
 
     def describe(self, unit: str = "%") -> str:
+        """The target as the report prints it (``"≥ 98.0%"``)."""
         if self.op == "between":
             return f"{format_value(self.value, unit)} to {format_value(self.high, unit)}"
         return f"{'≥' if self.op == '>=' else '≤'} {format_value(self.value, unit)}"
 
 
 def at_least(value: float) -> Target:
+    """The measured value must be ``>= value``."""
     return Target(">=", value)
 
 
 def at_most(value: float) -> Target:
+    """The measured value must be ``<= value``."""
     return Target("<=", value)
 
 
 def between(low: float, high: float) -> Target:
+    """The measured value must lie in ``[low, high]``."""
     return Target("between", low, high)
 
 
@@ -120,9 +125,11 @@ class Figure:
 
     @property
     def passed(self) -> bool | None:
+        """Whether the target holds; None for a figure without a target."""
         return None if self.target is None else self.target.holds(self.measured)
 
     def to_dict(self) -> dict[str, Any]:
+        """The figure as stored in ``reproduction.json`` (with ``passed`` and the target's text)."""
         t = self.target
         return {
             "label": self.label, "measured": self.measured, "paper": self.paper,
@@ -293,9 +300,11 @@ class Context:
 
     @property
     def data(self) -> str:
+        """The dataset name of the run (parameter ``data``)."""
         return str(self.p.get("data", "mnist5k"))
 
     def log(self, message: str) -> None:
+        """A progress message (logged, and shown by the CLI)."""
         log.info(message)
         if self.progress is not None:
             self.progress({"message": message})
