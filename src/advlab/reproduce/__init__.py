@@ -61,7 +61,7 @@ __all__ = [
 
 def _load_entries() -> None:
     # Importing the entry modules registers their entries.
-    for mod in ("defenses", "whitebox", "blackbox", "certification"):
+    for mod in ("defenses", "whitebox", "blackbox", "transferability", "certification"):
         __import__(f"advlab.reproduce.{mod}")
 
 
