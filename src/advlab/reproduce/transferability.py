@@ -96,7 +96,7 @@ def _mean(values: list[float]) -> float:
     "torch twins); the tree, kNN and ensemble are attacked through a 200-200 MLP substitute (150 "
     "seeds from the end of the test set, 6 rounds of Jacobian augmentation), where the paper "
     "uses model-specific attacks for some of them: the matrix is comparable in its pattern only.",
-    minutes=3,
+    minutes=1,
 )
 def transfer_matrix(ctx: Context) -> Outcome:
     from advlab.report.plots import transfer_plot
@@ -339,7 +339,7 @@ def ensemble_transfer(ctx: Context) -> Outcome:
     "fooling) and evaluated on the first 1,000 test images. Random sign noise of the same radius "
     "and the same perturbation on the 100-100 MLP (12 epochs) and wong-mnist (4) are measured "
     "beside it.",
-    minutes=3,
+    minutes=2,
 )
 def universal(ctx: Context) -> Outcome:
     from advlab.transfer import fooling_rate, universal_perturbation
