@@ -46,7 +46,8 @@ def robust_accuracy(
     worst = alive["ce"] & alive["margin"]
     ce, mg = float(alive["ce"].float().mean()), float(alive["margin"].float().mean())
     return {
-        "threat": f"{threat.norm} eps={threat.eps:g}", "n": len(x), "steps": steps, "restarts": restarts,
+        "threat": f"{threat.norm} eps={threat.eps:g}", "n": len(x), "steps": steps,
+        "restarts": restarts,
         "clean": float(ok.float().mean()), "ce": ce, "margin": mg,
         "worst": float(worst.float().mean()), "masking": abs(ce - mg) > MASKING_GAP,
         "robust": worst.tolist(),
