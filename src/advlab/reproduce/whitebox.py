@@ -321,7 +321,7 @@ def _num(v: float | None) -> str:
     "IFGSM eps bisected to 2 levels, both up to 0.5. About 2.7 hours on one CPU core, most of "
     "it cw-l0. budget=paper: the authors' budgets and eps searched in single levels up to 1 "
     "(12 to 35 hours); budget=smoke: a few iterations with large steps.",
-    minutes=3,
+    minutes=2,
 )
 def cw_table4(ctx: Context) -> Outcome:
     p = ctx.p
@@ -561,7 +561,7 @@ PAPER_JSMA = {1: 0.91, 2: 0.822, 5: 0.241, 10: 0.056, 20: 0.04, 40: 0.057, 100: 
     "correctly classified test images of each model; success is over (image, target) pairs. "
     "The gradient amplitude is the mean |d softmax_c / d x_i| on the same images, computed in "
     "the log domain. About 1.2 hours on one CPU core.",
-    minutes=6,
+    minutes=5,
 )
 def distillation(ctx: Context) -> Outcome:
     p = ctx.p
