@@ -197,7 +197,7 @@ def _madry_pgd_config(ctx: Context) -> TrainConfig:
     "20% of training (not in the paper), instead of about 80 epochs; evaluated on the first 1,000 "
     "test images with PGD-100 (step 0.01), 10 restarts, cross-entropy and margin. A standard "
     "model of the same architecture is trained beside it as the baseline.",
-    minutes=8,
+    minutes=2,
 )
 def madry(ctx: Context) -> Outcome:
     p = ctx.p
