@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from advlab.data.base import Dataset
 from advlab.models import load_model
+from advlab.reproduce.measure import predict
 
 
 def load_frozen(path: str | os.PathLike[str]) -> nn.Module:
@@ -19,12 +20,6 @@ def load_frozen(path: str | os.PathLike[str]) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: Tensor, batch: int = 1000) -> Tensor:
-    """``(N,)`` predictions, ``batch`` images at a time."""
-    return torch.cat([model(x[i : i + batch]).argmax(dim=1) for i in range(0, len(x), batch)])
 
 
 def first_correct(model: nn.Module, test: Dataset, n: int) -> tuple[Tensor, Tensor, Tensor]:

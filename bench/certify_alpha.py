@@ -2,7 +2,7 @@
 same images (issue target: at least 10% larger).
 
 Models: the 784-100-100-10 MNIST MLP (standard training; every intermediate bound is
-re-optimized) and the PGD-trained `wong-mnist` of bench/reproduce_certified_training.py when
+re-optimized) and the PGD-trained `wong-mnist` of `advlab reproduce certified-training` (`--pgd-model`) when
 it exists (its 3,136- and 1,568-neuron convolution layers exceed alpha-CROWN's memory limit, so
 there only the last pass's slopes and the FC layer's bounds are optimized). Radius by 15-step
 bisection; alpha-CROWN runs `--steps` Adam steps (learning rate `--lr`) at every bisection step.
@@ -13,9 +13,9 @@ bisection; alpha-CROWN runs `--steps` Adam steps (learning rate `--lr`) at every
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import _repro
-from _repro import OUT, Repro
 from advlab.certify import certified_radius
 from advlab.defenses import TrainConfig
 from advlab.models import load_model
@@ -26,12 +26,14 @@ def main() -> None:
     p = _repro.options(__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--pgd-model", default="advlab-out/reproduce/certified-training/pgd.safetensors",
+                   help="the PGD-trained wong-mnist of `advlab reproduce certified-training`")  # fmt: skip
     args = p.parse_args()
-    r = Repro("certify", args)
+    r = _repro.context("certify", args)
     n = args.n or (10 if r.quick else 30)
     cfg = TrainConfig(epochs=2 if r.quick else 5, batch_size=128, lr=1e-3, val_size=1000)
     models = {"mlp": r.model("mlp", "mlp", cfg)[0]}
-    pgd_path = OUT / "certified-training" / "pgd.safetensors"
+    pgd_path = Path(args.pgd_model)
     if pgd_path.exists() and not r.quick:
         models["wong-mnist (PGD)"] = load_model(pgd_path)[0].eval()
     x, y = r.test_set(n)

@@ -17,7 +17,6 @@ import time
 import torch
 
 import _repro
-from _repro import Repro
 from advlab.certify import margin_bounds
 from advlab.defenses import TrainConfig
 from advlab.threat import ThreatModel
@@ -36,7 +35,7 @@ def main() -> None:
     p = _repro.options(__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
-    r = Repro("certify", args)
+    r = _repro.context("certify", args)
     cfg = TrainConfig(epochs=2 if r.quick else 5, batch_size=128, lr=1e-3, val_size=1000)
     model, _ = r.model("mlp", "mlp", cfg)
     n = args.n or 500

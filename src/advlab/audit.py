@@ -217,11 +217,11 @@ class AuditConfig:
             a = targeted[0]
             eps = math.inf if get_attack(a.name).minimal else max(self.eps)
             return a, ThreatModel(self.norm, eps)
-        targeted = [n for n in ATTACKS.names() if get_attack(n).targeted
-                    and self.norm in get_attack(n).norms]  # fmt: skip
+        known = [n for n in ATTACKS.names() if get_attack(n).targeted
+                 and self.norm in get_attack(n).norms]  # fmt: skip
         raise ConfigError(
             f"the targeted grid needs a targeted attack among the attacks "
-            f"({', '.join(self.attacks)}); add one of {', '.join(targeted)}"
+            f"({', '.join(self.attacks)}); add one of {', '.join(known)}"
         )
 
     def oracle(self, model: nn.Module, meta: dict[str, Any]) -> ModuleOracle:

@@ -271,7 +271,7 @@ class Context:
     stores an evaluation stage atomically, reused when what it depends on is unchanged.
 
     Args:
-        entry: the catalog entry.
+        entry: the catalog entry (None for a script outside the catalog).
         params: the resolved parameters (:meth:`Reproduction.resolve`); ``data`` names the
             dataset.
         quick: whether this is a ``--quick`` run.
@@ -284,11 +284,12 @@ class Context:
     """
 
     def __init__(
-        self, entry: Reproduction, params: Mapping[str, Any], *, quick: bool, out: Path,
+        self, entry: Reproduction | None, params: Mapping[str, Any], *, quick: bool, out: Path,
         data_dir: str | None = None, device: str = "cpu", fresh: bool = False,
         progress: Progress | None = None,
     ) -> None:  # fmt: skip
         self.entry = entry
+        self.name = entry.name if entry is not None else Path(out).name
         self.p = dict(params)
         self.quick = quick
         self.out = Path(out)

@@ -54,7 +54,7 @@ def _epochs(ctx: Context, keys: list[str]) -> dict[str, int]:
     epochs = list(ctx.p["epochs"])
     if len(epochs) != len(keys):
         raise ConfigError(
-            f"{ctx.entry.name}: epochs takes one value per model ({', '.join(keys)}), got {epochs}"
+            f"{ctx.name}: epochs takes one value per model ({', '.join(keys)}), got {epochs}"
         )
     return dict(zip(keys, (int(e) for e in epochs), strict=True))
 
