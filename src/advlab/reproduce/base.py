@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +32,9 @@ from advlab.data.base import Splits
 from advlab.errors import ConfigError
 from advlab.fileio import atomic_write_text
 from advlab.registry import REPRODUCTIONS
+
+if TYPE_CHECKING:
+    from advlab.defenses import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -372,6 +375,16 @@ class Context:
         result["eval_seconds"] = time.perf_counter() - tick
         atomic_write_text(path, json.dumps({"signature": sig, "result": result}, indent=1))
         return result
+
+
+def bench_config(epochs: int, seed: int = 0) -> TrainConfig:
+    """How the project's benchmark models are trained: standard training, Adam at 1e-3 with a
+    cosine schedule, batches of 128 (``advlab train --batch-size 128 --lr 1e-3 --scheduler
+    cosine``). Entries that attack an undefended model train it with this."""
+    from advlab.defenses import TrainConfig
+
+    return TrainConfig(epochs=epochs, batch_size=128, lr=1e-3, optimizer="adam",
+                       scheduler="cosine", seed=seed, recipe="standard")  # fmt: skip
 
 
 def training_seconds(meta: Mapping[str, Any]) -> float:

@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advlab.defenses import TrainConfig
 from advlab.errors import ConfigError
 from advlab.reproduce.base import (
     Context,
@@ -30,6 +29,7 @@ from advlab.reproduce.base import (
     Outcome,
     Table,
     at_least,
+    bench_config,
     format_value,
     reproduction,
 )
@@ -41,9 +41,7 @@ def _standard(ctx: Context, key: str, arch: str, epochs: int,
               arch_kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
     """A standard model trained as the bench models were (``advlab train ... --batch-size 128
     --lr 1e-3 --scheduler cosine``: Adam, seed 0)."""
-    cfg = TrainConfig(epochs=epochs, batch_size=128, lr=1e-3, scheduler="cosine",
-                      seed=ctx.p["seed"], recipe="standard")  # fmt: skip
-    return ctx.model(key, arch, cfg, arch_kwargs=arch_kwargs)
+    return ctx.model(key, arch, bench_config(epochs, ctx.p["seed"]), arch_kwargs=arch_kwargs)
 
 
 # --- Tu et al. 2019: AutoZOOM against ZOO ------------------------------------------------------

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from advlab.defenses import TrainConfig
 from advlab.errors import ConfigError
 from advlab.reproduce.base import (
     Context,
@@ -24,6 +23,7 @@ from advlab.reproduce.base import (
     Outcome,
     Table,
     at_least,
+    bench_config,
     format_value,
     reproduction,
 )
@@ -45,9 +45,7 @@ ZOO: dict[str, tuple[str, dict[str, Any], int]] = {
 def zoo_model(ctx: Context, key: str, epochs: int) -> tuple[nn.Module, dict[str, Any]]:
     """Benchmark model ``key`` of :data:`ZOO`, trained ``epochs`` epochs on the entry's data."""
     arch, kwargs, seed = ZOO[key]
-    cfg = TrainConfig(epochs=epochs, batch_size=128, lr=1e-3, optimizer="adam",
-                      scheduler="cosine", seed=seed)  # fmt: skip
-    return ctx.model(key, arch, cfg, arch_kwargs=kwargs)
+    return ctx.model(key, arch, bench_config(epochs, seed), arch_kwargs=kwargs)
 
 
 def _epochs(ctx: Context, keys: list[str]) -> dict[str, int]:

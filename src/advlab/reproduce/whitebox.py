@@ -29,6 +29,7 @@ from advlab.reproduce.base import (
     Target,
     at_least,
     at_most,
+    bench_config,
     between,
     format_value,
     reproduction,
@@ -333,9 +334,9 @@ def cw_table4(ctx: Context) -> Outcome:
         raise ConfigError(f"cw-table4: unknown rows {unknown}; choose from {', '.join(ROW_KEYS)}")
     if p["batch"] < 1:
         raise ConfigError(f"cw-table4: batch must be >= 1, got {p['batch']}")
-    cfg = TrainConfig(epochs=p["epochs"], batch_size=128, lr=1e-3, optimizer="adam",
-                      scheduler="cosine", seed=p["seed"])  # fmt: skip
-    model, meta = ctx.model("papernot-mnist", "papernot-mnist", cfg)
+    model, meta = ctx.model(
+        "papernot-mnist", "papernot-mnist", bench_config(p["epochs"], p["seed"])
+    )
     x, y = ctx.test_set(p["n"])
     rows = [r for r in ROWS if r.key in p["rows"]]
     done = {r.key: _table4_row(ctx, r, model, meta, x, y) for r in rows}
