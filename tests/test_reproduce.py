@@ -176,3 +176,11 @@ def test_madry_quick_pgd_training_beats_standard_training(tmp_path: Path) -> Non
     assert rows["standard"]["clean"] > 0.8
     assert rows["standard"]["worst"] < 0.1
     assert rows["pgd"]["worst"] > rows["standard"]["worst"] + 0.3, rows
+
+
+def test_a_full_run_without_full_mnist_names_both_fixes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ADVLAB_DATA", str(tmp_path / "no-data"))
+    res = CliRunner().invoke(cli, ["reproduce", "madry", "--out", str(tmp_path / "o"), "-q"])
+    one_line_error(res, "dataset 'mnist' not found", "--data-dir", "advlab reproduce madry --quick")

@@ -959,9 +959,18 @@ def reproduce_cmd(name: str, quick: bool, sets: tuple[str, ...], n: int | None,
         overrides["n"] = n
     if threads:
         torch.set_num_threads(threads)
-    with _Bar(quiet) as bar:
-        run = run_reproduction(name, quick=quick, overrides=overrides, out=out_dir,
-                               data_dir=data_dir, device=device, fresh=fresh, progress=bar)  # fmt: skip
+    from advlab.errors import DataError
+
+    try:
+        with _Bar(quiet) as bar:
+            run = run_reproduction(name, quick=quick, overrides=overrides, out=out_dir,
+                                   data_dir=data_dir, device=device, fresh=fresh,
+                                   progress=bar)  # fmt: skip
+    except DataError as e:
+        if quick:
+            raise
+        raise DataError(f"{e} Or run `advlab reproduce {name} --quick` on the embedded "
+                        "5,000 digits.") from None  # fmt: skip
     _print_reproduction(run)
     if run.passed is False:
         sys.exit(1)
