@@ -7,21 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from advlab.errors import ConfigError
 from advlab.registry import REPRODUCTIONS
 from advlab.reproduce import run_reproduction
-
-ENTRIES = ("autozoom", "substitute", "kappa-transfer")
-
-
-@pytest.mark.parametrize("name", ENTRIES)
-def test_entries_resolve_their_parameters(name: str) -> None:
-    e = REPRODUCTIONS.get(name)
-    full, quick = e.resolve(quick=False), e.resolve(quick=True)
-    assert full["data"] == "mnist" and quick["data"] == "mnist5k"
-    assert set(full) == set(quick) and {"n", "seed"} <= set(full)
-    with pytest.raises(ConfigError, match="no parameter"):
-        e.resolve(quick=True, overrides={"no_such_knob": 1})
 
 
 def test_the_bench_budgets_are_the_full_runs() -> None:

@@ -19,18 +19,6 @@ from advlab.reproduce.defenses import (
     _msd_recipes,
 )
 
-ENTRIES = ("madry-capacity", "fast-fgsm", "msd")
-
-
-@pytest.mark.parametrize("name", ENTRIES)
-def test_entries_resolve_their_params(name: str) -> None:
-    e = REPRODUCTIONS.get(name)
-    full, quick = e.resolve(quick=False), e.resolve(quick=True)
-    assert full["data"] == "mnist" and quick["data"] == "mnist5k"
-    assert full["seed"] == quick["seed"] == 0
-    assert quick["n"] <= full["n"]
-    assert e.resolve(quick=True, overrides={"n": 7, "seed": 3})["n"] == 7
-
 
 def test_capacity_and_msd_train_valid_recipes() -> None:
     cap = REPRODUCTIONS.get("madry-capacity").resolve(quick=False)

@@ -12,18 +12,6 @@ from advlab.errors import ConfigError
 from advlab.registry import REPRODUCTIONS
 from advlab.reproduce import run_reproduction
 
-ENTRIES = ("transfer-matrix", "ensemble-transfer", "universal", "cnn-cert", "certified-training")
-
-
-@pytest.mark.parametrize("name", ENTRIES)
-def test_entries_resolve_their_parameters(name: str) -> None:
-    e = REPRODUCTIONS.get(name)
-    full, quick = e.resolve(quick=False), e.resolve(quick=True)
-    assert full["data"] == "mnist" and quick["data"] == "mnist5k"
-    assert set(full) == set(quick) and "seed" in full and "n" in full
-    assert quick["n"] <= full["n"]
-    assert e.resolve(quick=True, overrides={"seed": 3})["seed"] == 3
-
 
 def test_full_runs_keep_the_bench_budgets() -> None:
     get = REPRODUCTIONS.get

@@ -27,13 +27,10 @@ ENTRIES = ("cw-table4", "cw-table6", "distillation")
 
 
 @pytest.mark.parametrize("name", ENTRIES)
-def test_entries_resolve_their_parameters(name: str) -> None:
+def test_quick_runs_on_fewer_images(name: str) -> None:
+    # the parameters every entry declares are checked in test_reproduce.py
     e = REPRODUCTIONS.get(name)
-    full, quick = e.resolve(quick=False), e.resolve(quick=True)
-    assert full["data"] == "mnist" and quick["data"] == "mnist5k"
-    assert full["seed"] == quick["seed"] == 0
-    assert quick["n"] < full["n"]
-    assert e.resolve(quick=True, overrides={"seed": 3})["seed"] == 3
+    assert e.resolve(quick=True)["n"] < e.resolve(quick=False)["n"]
 
 
 def test_cw_table4_parameters() -> None:
