@@ -543,19 +543,17 @@ def _reports(
             oracle, [*ev.examples, *ev.failures], test.x.device
         ),
     }
-    if cfg.targeted_grid:
-        grid = audit_targeted_grid(cfg, oracle, test, ev)
-        if isinstance(grid, str):
-            _emit(progress, stage="report", message=grid)
-        else:
-            extra["targeted_grid"] = grid
-    run_dir = out_dir / run_id
-    # the JSON keeps the grid's outcome (which source became which class), not its images
     json_extra = dict(extra)
-    if cfg.targeted_grid and isinstance(grid, dict):
+    grid = audit_targeted_grid(cfg, oracle, test, ev) if cfg.targeted_grid else None
+    if isinstance(grid, str):
+        _emit(progress, stage="report", message=grid)
+    elif grid is not None:
+        extra["targeted_grid"] = grid
+        # the JSON keeps the grid's outcome (which source became which class), not its images
         json_extra["targeted_grid"] = {k: v.tolist() if isinstance(v, Tensor) else v
                                        for k, v in grid.items()
                                        if k in ("attack", "index", "pred", "success")}  # fmt: skip
+    run_dir = out_dir / run_id
     json_path = write_json_report(run_dir / "report.json", ev, json_extra)
     html_path = write_html_report(run_dir / "report.html", ev, extra)
     return html_path, json_path

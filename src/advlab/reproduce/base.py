@@ -235,19 +235,23 @@ def _coerce(entry: str, key: str, value: Any, default: Any) -> Any:
         return value
     elif kind in (list, tuple):
         items = value.split(",") if isinstance(value, str) else value
-        if isinstance(items, int | float):
-            items = [items]
+        items = [items] if isinstance(items, int | float) else items
         if isinstance(items, list | tuple):
-            sample = default[0] if default else None
             try:
-                return [type(sample)(json.loads(str(v)) if isinstance(v, str) and
-                                     not isinstance(sample, str) else v)
-                        if sample is not None else v for v in items]  # fmt: skip
+                return [_item(v, default[0]) if default else v for v in items]
             except (TypeError, ValueError):
                 pass
     raise ConfigError(
         f"{entry}: parameter {key!r} takes a {kind.__name__} (default {default!r}), got {value!r}"
     )
+
+
+def _item(value: Any, sample: Any) -> Any:
+    """One list item in the type of ``sample`` (text from the command line read as JSON first,
+    so ``"0.5"`` becomes 0.5 for a list of floats)."""
+    if isinstance(value, str) and not isinstance(sample, str):
+        value = json.loads(value)
+    return type(sample)(value)
 
 
 def reproduction(

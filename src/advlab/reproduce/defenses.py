@@ -86,12 +86,12 @@ def fgsm_regularized(ctx: Context) -> Outcome:
     p = ctx.p
     arch = {"hidden": list(p["hidden"])}
     rows: dict[str, dict[str, Any]] = {}
+    xt, yt = ctx.test_set()
     for recipe, params in (("standard", {}),
                            ("fgsm-regularized", {"eps": p["eps"], "alpha": p["alpha"]})):  # fmt: skip
         cfg = TrainConfig(epochs=p["epochs"], batch_size=128, lr=1e-3, scheduler="cosine",
                           seed=p["seed"], recipe=recipe, recipe_params=params)  # fmt: skip
         model, meta = ctx.model(recipe, "mlp", cfg, arch_kwargs=arch)
-        xt, yt = ctx.test_set()
         fgsm_sig = {"weights": meta["weights_sha256"], "data": ctx.data, "eps": p["eps"],
                     "n": len(xt)}  # fmt: skip
 
